@@ -69,7 +69,7 @@ class Embedder:
         """Model name recorded on the collection, so that an index built by another embedder is refused."""
         if self.settings.model_path is None:
             return DEFAULT_EMBEDDER_NAME
-        path = self.path.resolve()
+        path = Path(os.path.abspath(self.path))  # as named: a link to the same weights is another name
         return path.name if path.name != "model" else path.parent.name
 
     def _load(self) -> SentenceTransformer:

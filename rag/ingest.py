@@ -37,11 +37,19 @@ from rag.types import Chunk, IngestSummary, Paper
 logger = logging.getLogger(__name__)
 
 
-def content_hash(chunk: Chunk, paper: Paper) -> str:
-    """Hash of everything stored for a chunk: a change to text, title or location re-upserts it."""
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def chunk_hashes(chunk: Chunk, paper: Paper) -> tuple[str, str]:
+    """(embed_hash, content_hash): the first changes only with the embedded text, the second with anything stored.
+
+    A paper that merely moved (its line shifted because a line above it was edited) keeps its
+    embedding: only its metadata is rewritten.
+    """
     locations = ";".join(f"{loc.source}:{loc.line}" for loc in paper.locations)
-    payload = "\x1f".join([chunk.embed_text, chunk.text, chunk.title or "", chunk.date or "", locations])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    embed_hash = _hash(chunk.embed_text)
+    return embed_hash, _hash(embed_hash, chunk.text, paper.abstract, chunk.title or "", chunk.date or "", locations)
 
 
 def ingest(
@@ -55,7 +63,7 @@ def ingest(
     corpus = load_corpus(list(paths) if paths else settings.corpus_paths)  # raises before any write
     papers = {p.paper_id: p for p in corpus.papers}
     chunks = chunk_papers(corpus.papers, settings.chunking)
-    hashes = {c.chunk_id: content_hash(c, papers[c.paper_id]) for c in chunks}
+    hashes = {c.chunk_id: chunk_hashes(c, papers[c.paper_id]) for c in chunks}
 
     embedder = embedder or Embedder(settings.embedding)
     signature = chunking_signature(settings.chunking)
@@ -68,20 +76,25 @@ def ingest(
     else:
         store.collection(create_with={META_EMBEDDER: embedder.name, META_CHUNKING: signature, META_STATE: "writing"})
 
-    stored = store.content_hashes()
-    to_write = [c for c in chunks if stored.get(c.chunk_id) != hashes[c.chunk_id]]
+    stored = store.stored_hashes()
+    to_embed = [c for c in chunks if stored.get(c.chunk_id, ("", ""))[0] != hashes[c.chunk_id][0]]
+    # Same embedded text (so same document too), other metadata: rewrite the metadata only.
+    to_update = [
+        c for c in chunks if c not in to_embed and c.chunk_id in stored and stored[c.chunk_id][1] != hashes[c.chunk_id][1]
+    ]
     to_remove = sorted(set(stored) - set(hashes))
-    unchanged = len(chunks) - len(to_write)
 
-    if to_write or to_remove or store.metadata.get(META_STATE) != "complete":
+    if to_embed or to_update or to_remove or store.metadata.get(META_STATE) != "complete":
         store.update_metadata(**{META_STATE: "writing"})
-        _write(store, embedder, to_write, papers, hashes, settings.embedding.batch_size, progress)
+        if to_update:
+            store.update_metadatas([c.chunk_id for c in to_update], [_metadata(c, papers, hashes) for c in to_update])
+        _write(store, embedder, to_embed, papers, hashes, settings.embedding.batch_size, progress)
         if to_remove:
             store.delete(to_remove)
     store.update_metadata(
         **{
             META_STATE: "complete",
-            META_FINGERPRINT: index_fingerprint(hashes, embedder.name, signature),
+            META_FINGERPRINT: index_fingerprint({k: v[1] for k, v in hashes.items()}, embedder.name, signature),
             META_PAPERS: len(papers),
             META_LAST_INGEST: datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -90,8 +103,9 @@ def ingest(
         records=len(corpus.records),
         duplicates=corpus.duplicates,
         papers=len(papers),
-        chunks_added=len(to_write),
-        chunks_unchanged=unchanged,
+        chunks_added=len(to_embed),
+        chunks_updated=len(to_update),
+        chunks_unchanged=len(chunks) - len(to_embed) - len(to_update),
         chunks_removed=len(to_remove),
         seconds=round(time.perf_counter() - started, 3),
     )
@@ -104,7 +118,7 @@ def _write(
     embedder: Embedder,
     chunks: list[Chunk],
     papers: dict[str, Paper],
-    hashes: dict[str, str],
+    hashes: dict[str, tuple[str, str]],
     batch_size: int,
     progress: bool,
 ) -> None:
@@ -116,14 +130,12 @@ def _write(
         for start in range(0, len(chunks), step):
             batch = chunks[start : start + step]
             vectors = embedder.embed([c.embed_text for c in batch])
-            metadatas = [
-                chunk_metadata(
-                    c,
-                    hashes[c.chunk_id],
-                    papers[c.paper_id].abstract,
-                    [loc.model_dump() for loc in papers[c.paper_id].locations],
-                )
-                for c in batch
-            ]
+            metadatas = [_metadata(c, papers, hashes) for c in batch]
             store.upsert([c.chunk_id for c in batch], vectors, [c.text for c in batch], metadatas)
             bar.update(len(batch))
+
+
+def _metadata(chunk: Chunk, papers: dict[str, Paper], hashes: dict[str, tuple[str, str]]) -> dict:
+    paper = papers[chunk.paper_id]
+    embed_hash, content = hashes[chunk.chunk_id]
+    return chunk_metadata(chunk, embed_hash, content, paper.abstract, [loc.model_dump() for loc in paper.locations])

@@ -34,7 +34,7 @@ class StoredChunk:
     embedding: np.ndarray | None = None
 
 
-def chunk_metadata(chunk: Chunk, content_hash: str, abstract: str, locations: list[dict[str, Any]]) -> dict[str, Any]:
+def chunk_metadata(chunk: Chunk, embed_hash: str, content_hash: str, abstract: str, locations: list[dict[str, Any]]) -> dict[str, Any]:
     """Flat, None-free metadata for one chunk (Chroma accepts only str/int/float/bool values).
 
     The whole abstract rides along with each chunk: chunks are the unit of embedding, papers the unit
@@ -50,6 +50,7 @@ def chunk_metadata(chunk: Chunk, content_hash: str, abstract: str, locations: li
         "embed_text": chunk.embed_text,
         "abstract": abstract,
         "locations": json.dumps(locations),
+        "embed_hash": embed_hash,
         "content_hash": content_hash,
     }
 
@@ -129,10 +130,13 @@ class Store:
     def count(self) -> int:
         return int(self.collection().count())
 
-    def content_hashes(self) -> dict[str, str]:
-        """chunk_id -> content_hash of everything stored."""
+    def stored_hashes(self) -> dict[str, tuple[str, str]]:
+        """chunk_id -> (embed_hash, content_hash) of everything stored."""
         result = self.collection().get(include=["metadatas"])
-        return {i: str((m or {}).get("content_hash", "")) for i, m in zip(result["ids"], result["metadatas"])}
+        return {
+            i: (str((m or {}).get("embed_hash", "")), str((m or {}).get("content_hash", "")))
+            for i, m in zip(result["ids"], result["metadatas"])
+        }
 
     def _batches(self, n: int) -> Iterator[slice]:
         size = max(1, self.max_batch_size)
@@ -147,6 +151,11 @@ class Store:
                 documents=list(documents[part]),
                 metadatas=list(metadatas[part]),
             )
+
+    def update_metadatas(self, ids: Sequence[str], metadatas: Sequence[dict]) -> None:
+        """Replace chunks' metadata, keeping their documents and embeddings."""
+        for part in self._batches(len(ids)):
+            self.collection().update(ids=list(ids[part]), metadatas=list(metadatas[part]))
 
     def delete(self, ids: Sequence[str]) -> None:
         for part in self._batches(len(ids)):

@@ -148,7 +148,8 @@ class IngestSummary(BaseModel):
     records: int
     duplicates: int
     papers: int
-    chunks_added: int
+    chunks_added: int = Field(description="Chunks embedded and written (new or changed text).")
+    chunks_updated: int = Field(default=0, description="Chunks whose metadata changed (e.g. moved line); not re-embedded.")
     chunks_unchanged: int
     chunks_removed: int
     seconds: float

@@ -1,0 +1,135 @@
+"""Ingest into a real Chroma store with the real embedder: incremental, removal, mismatch, interruption, bad files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rag.config import Settings
+from rag.embedding import Embedder
+from rag.errors import CorpusError, IndexError_
+from rag.index import index_status, open_index
+from rag.ingest import ingest
+from rag.retrieval import Retriever
+from rag.store import META_STATE
+
+SMALL_FILES = ("000_984080258767f917.txt", "003_ce4bc02b0d96118d.txt")
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path, corpus_dir: Path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in SMALL_FILES:
+        shutil.copy(corpus_dir / name, folder / name)
+    return folder
+
+
+def test_bundled_corpus_summary_and_index(ingested_settings: Settings):
+    status = index_status(ingested_settings)
+    assert status.papers == 150
+    assert status.chunks >= 150
+    assert status.embedder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert status.last_ingest
+    store = open_index(ingested_settings)
+    meta = store.collection().configuration_json["hnsw"]
+    assert meta["space"] == "cosine"
+    sample = store.all_chunks()[0].metadata
+    assert {"paper_id", "title", "source", "line", "date"} <= sample.keys()
+
+
+def test_reingest_is_a_noop(settings: Settings, small_corpus: Path, embedder: Embedder):
+    first = ingest(settings, [small_corpus], embedder=embedder)
+    assert first.records == 15 and first.papers == 15 and first.chunks_added > 0
+    fingerprint = index_status(settings).fingerprint
+
+    class NoEmbedding(Embedder):
+        def embed(self, texts):  # pragma: no cover - must not be called
+            raise AssertionError("nothing should be embedded on an unchanged corpus")
+
+    second = ingest(settings, [small_corpus], embedder=NoEmbedding())
+    assert (second.chunks_added, second.chunks_removed) == (0, 0)
+    assert second.chunks_unchanged == first.chunks_added
+    assert index_status(settings).fingerprint == fingerprint
+
+
+def test_removed_paper_leaves_the_index(settings: Settings, small_corpus: Path, embedder: Embedder):
+    ingest(settings, [small_corpus], embedder=embedder)
+    path = small_corpus / SMALL_FILES[1]
+    lines = path.read_text().splitlines()
+    removed_text = lines.pop(3)  # KMMLU abstract
+    path.write_text("\n".join(lines) + "\n")
+    summary = ingest(settings, [small_corpus], embedder=embedder)
+    assert summary.papers == 14 and summary.chunks_removed >= 1
+    assert summary.chunks_added == 0 and summary.chunks_updated > 0  # papers below moved up one line: not re-embedded
+    assert {(p.source, p.line) for p in Retriever(settings, embedder=embedder).search("EXAONE", k=14)} >= {
+        (SMALL_FILES[1], 4)  # the abstract that followed the removed one now sits on its line
+    }
+    passages = Retriever(settings, embedder=embedder).search("Korean benchmark of expert-level multitask questions", k=14)
+    assert all(removed_text[len("Abstract:"):][:80] not in p.text for p in passages)
+
+
+def test_embedder_mismatch_needs_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder, tmp_path: Path):
+    ingest(settings, [small_corpus], embedder=embedder)
+    other_folder = tmp_path / "other-embedder"
+    other_folder.symlink_to(embedder.path, target_is_directory=True)
+    other = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"model_path": other_folder})})
+    with pytest.raises(IndexError_, match="--rebuild"):
+        ingest(other, [small_corpus])
+    with pytest.raises(IndexError_, match="--rebuild"):
+        Retriever(other).search("anything")
+    summary = ingest(other, [small_corpus], rebuild=True)
+    assert summary.chunks_added > 0 and summary.chunks_unchanged == 0
+    assert index_status(other).embedder == "other-embedder"
+
+
+def test_chunking_change_needs_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder):
+    ingest(settings, [small_corpus], embedder=embedder)
+    other = settings.model_copy(update={"chunking": settings.chunking.model_copy(update={"max_words": 60})})
+    with pytest.raises(IndexError_, match="chunking"):
+        ingest(other, [small_corpus], embedder=embedder)
+
+
+def test_interrupted_ingest_is_refused_then_repaired(settings: Settings, small_corpus: Path, embedder: Embedder):
+    class DiesAfterOneBatch(Embedder):
+        calls = 0
+
+        def embed(self, texts):
+            DiesAfterOneBatch.calls += 1
+            if DiesAfterOneBatch.calls > 1:
+                raise KeyboardInterrupt  # as if killed mid-run
+            return embedder.embed(texts)
+
+    settings = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"batch_size": 2})})
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings, [small_corpus], embedder=DiesAfterOneBatch())
+    with pytest.raises(IndexError_, match="did not finish"):
+        open_index(settings)
+    summary = ingest(settings, [small_corpus], embedder=embedder)
+    assert summary.chunks_unchanged > 0 and summary.chunks_added > 0  # kept the finished batch
+    store = open_index(settings)
+    assert store.metadata[META_STATE] == "complete"
+    assert store.count() == summary.chunks_added + summary.chunks_unchanged
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"Abstract:caf\xe9 au lait " * 20, "UTF-8"),
+        (b"", "empty|no abstract"),
+    ],
+)
+def test_bad_file_gives_clear_error_and_leaves_index_untouched(
+    settings: Settings, small_corpus: Path, embedder: Embedder, content: bytes, match: str
+):
+    ingest(settings, [small_corpus], embedder=embedder)
+    before = index_status(settings)
+    bad = small_corpus / "zzz_bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(CorpusError, match=match) as info:
+        ingest(settings, [small_corpus], embedder=embedder)
+    assert "zzz_bad.txt" in str(info.value)
+    after = index_status(settings)
+    assert (after.fingerprint, after.chunks) == (before.fingerprint, before.chunks)
