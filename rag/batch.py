@@ -35,7 +35,7 @@ class BatchItem:
 
 
 class Answerer(Protocol):
-    def ask(self, question: str) -> Answer: ...
+    def __call__(self, question: str) -> Answer: ...
 
 
 def _read_text(path: Path) -> str:
@@ -129,7 +129,10 @@ def error_record(item: BatchItem, message: str) -> BatchRecord:
 
 
 def run_batch(answerer: Answerer, input_path: Path, out: Path, progress: bool = True) -> dict[str, int]:
-    """Answer every item not yet in OUT, appending one flushed JSON line each. Returns counts."""
+    """Answer every item not yet in OUT, appending one flushed JSON line each. Returns counts.
+
+    `answerer` is a callable question -> Answer, e.g. `Assistant(settings).ask`.
+    """
     items = read_items(input_path)
     already = done_ids(out)
     todo = [item for item in items if item.id not in already]
@@ -143,7 +146,7 @@ def run_batch(answerer: Answerer, input_path: Path, out: Path, progress: bool = 
                 record = error_record(item, item.error)
             else:
                 try:
-                    answer = answerer.ask(item.question)
+                    answer = answerer(item.question)
                     record = BatchRecord(id=item.id, **answer.model_dump())
                 except QuestionError as e:
                     record = error_record(item, str(e))

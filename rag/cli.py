@@ -48,6 +48,8 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: int) -> None:
     """Answer questions about a corpus of paper abstracts, offline, with cited passages."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("bm25s", "chromadb", "httpx", "urllib3", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else logging.DEBUG)
     ctx.obj = {"data_dir": data_dir} if data_dir else {}
 
 
@@ -109,6 +111,94 @@ def status(ctx: click.Context, as_json: bool) -> None:
             f"{s.papers} papers, {s.chunks} chunks; embedder {s.embedder}; chunking {s.chunking}; "
             f"fingerprint {s.fingerprint}; last ingest {s.last_ingest}"
         )
+
+
+def _print_sources(answer) -> None:
+    if answer.abstained:
+        click.echo("\nNearest passages (not enough to answer):")
+        for p in answer.passages[:3]:
+            click.echo(f"  - {p.label} ({p.source}:{p.line}, similarity {p.similarity:.2f})")
+        return
+    if answer.citations:
+        click.echo("\nSources:")
+    for c in answer.citations:
+        title = c.title or "(untitled)"
+        click.echo(f"  [{c.n}] {title} — {c.source}:{c.line}")
+        click.echo(f"      \"{c.quote}\"")
+    if answer.unsupported:
+        click.echo("\nNot supported by any passage (shown uncited):")
+        for sentence in answer.unsupported:
+            click.echo(f"  ! {sentence}")
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-k", "--k", "k", type=click.IntRange(1, 50), help="Number of passages retrieved.")
+@click.option("--model", "model", help="GGUF file: a path or a file name in models/ (env RAG_MODEL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the Answer object as JSON (no streaming).")
+@click.pass_context
+@_fail_cleanly
+def ask(ctx: click.Context, question: str, k: int | None, model: str | None, as_json: bool) -> None:
+    """Answer a question from the corpus, streaming, then list the cited sources with file:line."""
+    from rag.answer import Assistant
+
+    assistant = Assistant(_settings(ctx, model=model))
+    if as_json:
+        click.echo(assistant.ask(question, k=k).model_dump_json(indent=2))
+        return
+    streamed, final = [], None
+    for event in assistant.stream(question, k=k):
+        if event.kind == "token":
+            streamed.append(event.text)
+            click.echo(event.text, nl=False)
+        elif event.kind == "done":
+            final = event.answer
+    if final is None:
+        raise click.ClickException("the answer stream ended without an answer")
+    if final.abstained:
+        click.echo(final.answer, nl=False)
+    elif final.answer.strip() != "".join(streamed).strip():
+        # Citation checking changed the text (invented markers removed, markers added): show the checked one.
+        click.echo("\n\nChecked answer:\n" + final.answer, nl=False)
+    click.echo()
+    _print_sources(final)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Answers, one JSON a line.")
+@click.option("-k", "--k", "k", type=click.IntRange(1, 50), help="Number of passages retrieved.")
+@click.option("--model", "model", help="GGUF file: a path or a file name in models/ (env RAG_MODEL).")
+@click.pass_context
+@_fail_cleanly
+def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, model: str | None) -> None:
+    """Answer every question of INPUT (.jsonl {"id","question"}, .txt, .csv id,question) into OUTPUT.jsonl.
+
+    Resumable: ids already in OUTPUT are skipped. A malformed line gives an error record, not a stop.
+    """
+    from rag.answer import Assistant
+    from rag.batch import run_batch
+
+    assistant = Assistant(_settings(ctx, model=model))
+    counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
+    click.echo(
+        f"{counts['answered']} answered, {counts['errors']} errors, {counts['skipped']} already done "
+        f"(of {counts['total']}) -> {output}",
+        err=True,
+    )
+
+
+@cli.command()
+@click.option("--host", help="Interface to listen on (default 127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 7860).")
+@click.option("--share", is_flag=True, help="Ask Gradio for a public share link (off unless asked for).")
+@click.pass_context
+@_fail_cleanly
+def serve(ctx: click.Context, host: str | None, port: int | None, share: bool) -> None:
+    """Start the chat in the browser."""
+    from rag.ui import serve as run_server
+
+    run_server(_settings(ctx), host=host, port=port, share=share)
 
 
 def main() -> None:
