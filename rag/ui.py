@@ -1,0 +1,693 @@
+"""The web app: a Gradio chat over the corpus, with a sources panel, settings, index status and an /ask API.
+
+`build_app()` returns the app without launching it (tests drive it); `serve()` launches it on loopback.
+Callbacks hold no pipeline logic: they call the Assistant and format what it returns. Every piece of
+corpus or model text is HTML-escaped before it reaches the page, and the page loads nothing from any
+host but the app's own (system fonts, analytics off, no share link unless asked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
+
+import gradio as gr  # noqa: E402
+
+from rag.config import Settings  # noqa: E402
+from rag.errors import ModelError, QuestionError, RagError  # noqa: E402
+from rag.types import Answer, ChatTurn, Citation, IndexStatus, Passage  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rag.answer import Assistant
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+CSS_PATH = STATIC_DIR / "ui.css"
+TITLE = "Abstracts assistant"
+CONCURRENCY_LIMIT = 2  # one answer generating while the next one retrieves; the model lock serialises generation
+QUEUE_MAX_SIZE = 64
+
+#: Real questions about the bundled corpus, shown in the empty chat.
+EXAMPLE_QUESTIONS: tuple[str, ...] = (
+    "What sparsity level can sparse finetuning reach for MPT text generation without an accuracy drop?",
+    "In which parameter sizes were the EXAONE 3.5 instruction-tuned language models released?",
+    "How does Text4VPR match text descriptions to images for place recognition?",
+    "How many expert-level multiple-choice questions does the KMMLU Korean benchmark contain?",
+)
+
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def esc(text: object) -> str:
+    """HTML-escape any text from the corpus, the model or the user.
+
+    Braces and dollars are escaped too: gr.HTML renders its value through a template, and no corpus text
+    should ever look like template syntax to it.
+    """
+    escaped = html.escape(str(text), quote=True)
+    return escaped.replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;").replace("\n", "<br>")
+
+
+def _text_spans(text: str, quote: str) -> list[tuple[int, int]]:
+    """Where the quote (or each of its sentences) occurs in text, matching across any whitespace."""
+    spans: list[tuple[int, int]] = []
+    pieces = [quote] + [s for s in re.split(r"(?<=[.!?])\s+", quote) if s != quote]
+    for piece in pieces:
+        words = piece.split()
+        if not words:
+            continue
+        match = re.search(r"\s+".join(re.escape(w) for w in words), text)
+        if match and not any(a < match.end() and match.start() < b for a, b in spans):
+            spans.append(match.span())
+        if spans and piece is quote:
+            break  # the whole quote was found
+    return sorted(spans)
+
+
+def highlight(text: str, quote: str) -> str:
+    """The escaped text with the quote marked; a quote not found in the text is shown above it."""
+    spans = _text_spans(text, quote) if quote.strip() else []
+    if not spans:
+        prefix = f'<blockquote class="rag-quote"><mark>{esc(quote)}</mark></blockquote>' if quote.strip() else ""
+        return prefix + esc(text)
+    out, pos = [], 0
+    for start, end in spans:
+        out.append(esc(text[pos:start]))
+        out.append(f"<mark>{esc(text[start:end])}</mark>")
+        pos = end
+    out.append(esc(text[pos:]))
+    return "".join(out)
+
+
+def _location(passage: Passage | Citation) -> str:
+    return f"{passage.source}:{passage.line}"
+
+
+def _meta_line(items: Sequence[str]) -> str:
+    return '<div class="rag-meta">' + '<span class="rag-dot">·</span>'.join(i for i in items if i) + "</div>"
+
+
+def _more_locations(passage: Passage | None) -> str:
+    if passage is None or len(passage.locations) <= 1:
+        return ""
+    others = ", ".join(f"{loc.source}:{loc.line}" for loc in passage.locations[1:])
+    return f'<span title="also at {esc(others)}">+{len(passage.locations) - 1} more</span>'
+
+
+def render_query(question: str, standalone: str) -> str:
+    """The rewritten standalone query, shown when it differs from what was typed."""
+    if not standalone.strip() or standalone.strip() == question.strip():
+        return ""
+    return f'<div class="rag-query"><span class="rag-query-label">Searched for</span> {esc(standalone)}</div>'
+
+
+def render_streaming(question: str, standalone: str, text: str, n_passages: int | None) -> str:
+    """The answer bubble while tokens arrive."""
+    if text:
+        body = esc(text) + '<span class="rag-cursor" aria-hidden="true"></span>'
+    elif n_passages is None:
+        body = '<span class="rag-muted">Searching the abstracts…</span>'
+    else:
+        body = f'<span class="rag-muted">Reading {n_passages} passage{"s" * (n_passages != 1)}…</span>'
+    return render_query(question, standalone) + f'<div class="rag-answer rag-streaming">{body}</div>'
+
+
+def _mark_unsupported(body: str, unsupported: Sequence[str]) -> tuple[str, list[str]]:
+    """Wrap each unsupported sentence in the escaped body; return the body and the sentences not found."""
+    missing = []
+    for sentence in unsupported:
+        target = esc(sentence.strip())
+        if target and target in body:
+            span = f'<span class="rag-unsupported" title="No retrieved passage supports this sentence">{target}</span>'
+            body = body.replace(target, span, 1)
+        elif target:
+            missing.append(sentence)
+    return body, missing
+
+
+def _cite_markers(body: str, labels: dict[int, str]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        n = int(match.group(1))
+        title = esc(labels.get(n, "source not found"))
+        return f'<sup class="rag-cite" title="{title}">[{n}]</sup>'
+
+    return _MARKER.sub(sub, body)
+
+
+def render_answer(answer: Answer) -> str:
+    """The final, citation-checked answer: [n] markers, unsupported sentences marked, abstention explained."""
+    query = render_query(answer.question, answer.standalone_question)
+    if answer.abstained:
+        n = len(answer.passages)
+        nearest = f"The {n} nearest passage{'s' * (n != 1)} are listed under Sources." if n else ""
+        return (
+            query + '<div class="rag-answer rag-abstained"><div class="rag-abstain-title">Not in the corpus</div>'
+            f"{esc(answer.answer)}<div class=\"rag-muted\">{nearest}</div></div>"
+        )
+    body, missing = _mark_unsupported(esc(answer.answer.strip()), answer.unsupported)
+    labels = {c.n: _citation_label(c, answer.passages) for c in answer.citations}
+    body = _cite_markers(body, labels)
+    notes = ""
+    if answer.unsupported:
+        listed = "".join(f"<li>{esc(s)}</li>" for s in missing)
+        notes = (
+            '<div class="rag-note"><span class="rag-unsupported-key">dotted</span> sentences are not supported by '
+            f"any retrieved passage.{f'<ul>{listed}</ul>' if listed else ''}</div>"
+        )
+    elif not answer.citations:
+        notes = '<div class="rag-note">No sentence of this answer could be tied to a passage.</div>'
+    return query + f'<div class="rag-answer">{body}</div>' + notes
+
+
+def _passage_for(paper_id: str, passages: Sequence[Passage]) -> Passage | None:
+    return next((p for p in passages if p.paper_id == paper_id), None)
+
+
+def _citation_label(citation: Citation, passages: Sequence[Passage]) -> str:
+    passage = _passage_for(citation.paper_id, passages)
+    return passage.label if passage else (citation.title or citation.source)
+
+
+def _citation_card(citation: Citation, passages: Sequence[Passage]) -> str:
+    passage = _passage_for(citation.paper_id, passages)
+    label = _citation_label(citation, passages)
+    abstract = passage.text if passage else ""
+    meta = _meta_line(
+        [
+            f"<code>{esc(_location(citation))}</code>",
+            _more_locations(passage),
+            esc(passage.date) if passage and passage.date else "",
+            f'<span title="how well the quote supports the cited sentence">support {citation.score:.2f}</span>',
+            f'<span title="retrieval rank and fused score">rank {passage.rank} · score {passage.score:.4f}</span>'
+            if passage
+            else "",
+        ]
+    )
+    untitled = "" if citation.title or (passage and passage.title) else ' <span class="rag-muted">(untitled)</span>'
+    return (
+        f'<article class="rag-card rag-cited" data-n="{citation.n}">'
+        f'<div class="rag-card-head"><span class="rag-n">{citation.n}</span>'
+        f'<span class="rag-title">{esc(label)}{untitled}</span></div>{meta}'
+        f'<div class="rag-abstract">{highlight(abstract, citation.quote) if abstract else highlight(citation.quote, citation.quote)}</div>'
+        "</article>"
+    )
+
+
+def _passage_card(passage: Passage) -> str:
+    meta = _meta_line(
+        [
+            f"<code>{esc(_location(passage))}</code>",
+            _more_locations(passage),
+            esc(passage.date) if passage.date else "",
+            f'<span title="fused retrieval score">score {passage.score:.4f}</span>',
+            f'<span title="cosine similarity of the question to the best chunk">similarity {passage.similarity:.2f}</span>',
+        ]
+    )
+    untitled = "" if passage.title else ' <span class="rag-muted">(untitled)</span>'
+    return (
+        f'<article class="rag-card" data-rank="{passage.rank}">'
+        f'<div class="rag-card-head"><span class="rag-rank">#{passage.rank}</span>'
+        f'<span class="rag-title">{esc(passage.label)}{untitled}</span></div>{meta}'
+        f'<div class="rag-abstract">{esc(passage.text)}</div></article>'
+    )
+
+
+def render_sources(answer: Answer | None) -> str:
+    """The sources panel: each cited paper with its supporting quote highlighted, or the nearest passages."""
+    if answer is None:
+        return (
+            '<div class="rag-sources rag-empty"><div class="rag-panel-title">Sources</div>'
+            '<p class="rag-muted">Ask a question: the papers behind the answer appear here, with the '
+            "supporting sentences highlighted.</p></div>"
+        )
+    if answer.abstained:
+        cards = "".join(_passage_card(p) for p in answer.passages) or '<p class="rag-muted">Nothing was retrieved.</p>'
+        return (
+            '<div class="rag-sources rag-abstained-sources"><div class="rag-panel-title">Nearest passages</div>'
+            f'<p class="rag-muted">None of these answers the question.</p>{cards}</div>'
+        )
+    if not answer.citations:
+        return (
+            '<div class="rag-sources"><div class="rag-panel-title">Sources</div>'
+            '<p class="rag-muted">The answer cites no passage; the retrieved ones are below.</p></div>'
+        )
+    cards = "".join(_citation_card(c, answer.passages) for c in answer.citations)
+    return f'<div class="rag-sources"><div class="rag-panel-title">Sources</div>{cards}</div>'
+
+
+def render_retrieving(passages: Sequence[Passage]) -> str:
+    """The sources panel while the answer is written: what was retrieved, citations still to come."""
+    items = "".join(
+        f'<li><span class="rag-title">{esc(p.label)}</span> <code>{esc(_location(p))}</code></li>' for p in passages
+    )
+    return (
+        '<div class="rag-sources"><div class="rag-panel-title">Sources</div>'
+        f'<p class="rag-muted">Writing the answer from {len(passages)} retrieved passages…</p>'
+        f'<ol class="rag-retrieving">{items}</ol></div>'
+    )
+
+
+def render_other_passages(answer: Answer | None) -> str:
+    """Retrieved passages that the answer does not cite (shown in an accordion, on demand)."""
+    if answer is None:
+        return '<p class="rag-muted">No question asked yet.</p>'
+    if answer.abstained:
+        return '<p class="rag-muted">Every retrieved passage is shown above.</p>'
+    cited = {c.paper_id for c in answer.citations}
+    others = [p for p in answer.passages if p.paper_id not in cited]
+    if not others:
+        return '<p class="rag-muted">Every retrieved passage is cited.</p>'
+    return '<div class="rag-sources">' + "".join(_passage_card(p) for p in others) + "</div>"
+
+
+def render_index_status(status: IndexStatus | None, error: str | None = None) -> str:
+    if status is None:
+        return f'<div class="rag-index rag-index-missing"><strong>No usable index.</strong> {esc(error or "")}</div>'
+    rows = [
+        ("Papers", f"{status.papers:,}"),
+        ("Chunks", f"{status.chunks:,}"),
+        ("Embedder", status.embedder),
+        ("Chunking", status.chunking),
+        ("Last ingest", status.last_ingest or "never"),
+        ("Fingerprint", status.fingerprint),
+    ]
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="rag-index">{body}</table>'
+
+
+def render_error(message: str) -> str:
+    return f'<div class="rag-answer rag-error"><strong>Could not answer.</strong> {esc(message)}</div>'
+
+
+STOPPED_NOTE = '<div class="rag-note rag-stopped">Stopped.</div>'
+
+
+# ----------------------------------------------------------------------------------------- assistants
+
+
+class AssistantPool:
+    """One Assistant per model name, created on first use; all share one Retriever (and so one index)."""
+
+    def __init__(self, settings: Settings, assistant: Assistant | None = None):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._assistants: dict[str, Assistant] = {}
+        self._paths: dict[str, Path | None] = {}
+        self.default_name = self._current_model_name()
+        if assistant is not None:
+            self._assistants[self.default_name] = assistant
+
+    def _current_model_name(self) -> str:
+        from rag.llm import resolve_model_path
+
+        try:
+            return resolve_model_path(self.settings.model, self.settings.models_dir).name
+        except ModelError:
+            return str(self.settings.model or "default")
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) for the model dropdown: the configured model, the default model, every GGUF in models/."""
+        from rag.llm import list_models
+
+        found = list_models(self.settings.models_dir)
+        with self._lock:
+            self._paths = {m.name: (None if m.is_default else m.path) for m in found}
+        choices = [(f"{m.name} (default)" if m.is_default else m.name, m.name) for m in found]
+        if self.default_name not in {name for _, name in choices}:
+            choices.insert(0, (self.default_name, self.default_name))
+        return choices
+
+    def _settings_for(self, name: str) -> Settings:
+        if name == self.default_name:
+            return self.settings
+        if name not in self._paths:
+            self.choices()
+        if name not in self._paths:
+            raise ModelError(f"unknown model {name!r}: put the .gguf in {self.settings.models_dir} and reload the page")
+        path = self._paths[name]
+        return self.settings.model_copy(update={"model": str(path) if path else None})
+
+    def get(self, name: str | None = None) -> Assistant:
+        name = name or self.default_name
+        with self._lock:
+            if name in self._assistants:
+                return self._assistants[name]
+        settings = self._settings_for(name)
+        from rag.answer import Assistant
+
+        with self._lock:
+            if name not in self._assistants:
+                logger.info("creating an assistant for model %s", name)
+                self._assistants[name] = Assistant(settings, retriever=self._shared_retriever())
+            return self._assistants[name]
+
+    def _shared_retriever(self) -> Any:
+        for assistant in self._assistants.values():
+            retriever = getattr(assistant, "retriever", None)
+            if retriever is not None:
+                return retriever
+        return None
+
+    def invalidate(self) -> None:
+        """Make every assistant re-open the index (after a re-ingest)."""
+        with self._lock:
+            retrievers = {id(r): r for a in self._assistants.values() if (r := getattr(a, "retriever", None))}
+        for retriever in retrievers.values():
+            retriever.invalidate()
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+
+
+@dataclass
+class ChatSession:
+    """One browser tab's conversation (kept in gr.State, so tabs never share it)."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)  # what the Chatbot shows (escaped HTML)
+    turns: list[ChatTurn] = field(default_factory=list)  # what the Assistant reads: plain question/answer text
+    answer: Answer | None = None  # the last finished answer (drives the sources panel)
+    streaming: bool = False  # an answer is being written into the last message
+    turn: int = 0  # incremented per question; a stopped stream that wakes up late sees it is stale
+
+    def owns(self, turn: int) -> bool:
+        """Whether the stream of this turn may still write into the chat (not stopped, not superseded)."""
+        return self.streaming and self.turn == turn
+
+
+def _user_message(question: str) -> dict[str, Any]:
+    return {"role": "user", "content": f'<div class="rag-question">{esc(question)}</div>'}
+
+
+def _bot_message(content: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": content}
+
+
+def _buttons(running: bool) -> tuple[Any, Any]:
+    """(send, stop) visibility."""
+    return gr.update(visible=not running), gr.update(visible=running)
+
+
+def _user_error(e: Exception) -> str:
+    if isinstance(e, RagError):
+        return str(e)
+    return f"unexpected error ({type(e).__name__}): see the server log"
+
+
+class ChatCallbacks:
+    """Every UI callback; each calls the Assistant (or the index) and formats the result."""
+
+    def __init__(self, settings: Settings, pool: AssistantPool):
+        self.settings = settings
+        self.pool = pool
+
+    # -- chat
+
+    def start(self, question: str, session: ChatSession) -> tuple[Any, ...]:
+        """Move the typed question into the chat at once and show the Stop button."""
+        question = (question or "").strip()
+        if not question or session.streaming:
+            return gr.update(), session.messages, session, "", *_buttons(session.streaming)
+        session.messages = [*session.messages, _user_message(question), _bot_message(render_streaming(question, "", "", None))]
+        session.streaming = True
+        session.turn += 1
+        return "", session.messages, session, question, *_buttons(True)
+
+    def respond(
+        self,
+        question: str,
+        session: ChatSession,
+        k: float | None,
+        model: str | None,
+        temperature: float | None,
+        max_tokens: float | None,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Stream one answer into the last chat bubble; yields (chatbot, session, sources, others)."""
+        if not question:
+            yield session.messages, session, gr.update(), gr.update()
+            return
+        turn, standalone, text, passages = session.turn, "", "", None
+        try:
+            assistant = self.pool.get(model)
+            stream = assistant.stream(
+                question,
+                list(session.turns),
+                k=int(k) if k else None,
+                temperature=temperature,
+                max_tokens=int(max_tokens) if max_tokens else None,
+            )
+            with contextlib.closing(stream):  # Stop closes us, and this closes the stream: the model lock is freed
+                for event in stream:
+                    if not session.owns(turn):
+                        return  # stopped while the model was producing this event
+                    if event.kind == "done" and event.answer is not None:
+                        yield self._finish(session, question, event.answer)
+                        return
+                    if event.kind == "error":
+                        raise RagError(event.text)
+                    sources: Any = gr.update()
+                    if event.kind == "query":
+                        standalone = event.text
+                    elif event.kind == "passages":
+                        passages = event.passages
+                        sources = render_retrieving(passages)
+                    elif event.kind == "token":
+                        text += event.text
+                    n_passages = len(passages) if passages is not None else None
+                    session.messages[-1] = _bot_message(render_streaming(question, standalone, text, n_passages))
+                    yield list(session.messages), session, sources, gr.update()
+            raise RagError("the answer stream ended without a final answer")
+        except (RagError, ValueError) as e:
+            if not isinstance(e, RagError):
+                logger.exception("answering %r failed", question)
+            if not session.owns(turn):
+                return
+            session.streaming = False
+            session.messages[-1] = _bot_message(render_error(_user_error(e)))
+            yield session.messages, session, gr.update(), gr.update()
+            raise gr.Error(_user_error(e), title="Could not answer") from e
+
+    def _finish(self, session: ChatSession, question: str, answer: Answer) -> tuple[Any, ...]:
+        session.messages[-1] = _bot_message(render_answer(answer))
+        session.turns = [*session.turns, ChatTurn(role="user", content=question), ChatTurn(role="assistant", content=answer.answer)]
+        session.answer = answer
+        session.streaming = False
+        return list(session.messages), session, render_sources(answer), render_other_passages(answer)
+
+    def finished(self, session: ChatSession) -> tuple[Any, Any]:
+        return _buttons(session.streaming)
+
+    def stopped(self, session: ChatSession) -> tuple[Any, ...]:
+        """After Stop: keep what was written, say it was stopped; the unfinished turn stays out of the history."""
+        if session.streaming and session.messages and session.messages[-1]["role"] == "assistant":
+            content = session.messages[-1]["content"].replace('<span class="rag-cursor" aria-hidden="true"></span>', "")
+            session.messages[-1] = _bot_message(content + STOPPED_NOTE)
+        session.streaming = False
+        return session.messages, session, *_buttons(False)
+
+    def new_chat(self) -> tuple[Any, ...]:
+        session = ChatSession()
+        return session.messages, session, render_sources(None), render_other_passages(None), "", *_buttons(False)
+
+    def example(self, evt: gr.SelectData) -> str:
+        value = evt.value
+        return str(value.get("text", "") if isinstance(value, dict) else value)
+
+    # -- index
+
+    def refresh(self) -> tuple[str, Any]:
+        """On page load: the index status, and the models now in models/."""
+        return self.index_status(), gr.update(choices=self.pool.choices())
+
+    def index_status(self) -> str:
+        from rag.index import index_status
+
+        try:
+            return render_index_status(index_status(self.settings))
+        except RagError as e:
+            return render_index_status(None, str(e))
+
+    def reindex(self, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> str:  # noqa: B008 - gradio's idiom
+        from rag.ingest import ingest
+
+        progress(0, desc="Reading the corpus")
+        try:
+            summary = ingest(self.settings, progress=True)
+        except RagError as e:
+            raise gr.Error(str(e), title="Re-index failed") from e
+        self.pool.invalidate()
+        gr.Info(
+            f"Indexed {summary.papers} papers: {summary.chunks_added} chunks embedded, "
+            f"{summary.chunks_unchanged} unchanged, {summary.chunks_removed} removed ({summary.seconds:.1f}s)."
+        )
+        return self.index_status()
+
+    # -- API
+
+    def ask(self, question: str, history: list[dict[str, str]] | None = None, k: int | None = None) -> dict[str, Any]:
+        """Answer a question about the corpus; returns the Answer as JSON (answer, citations, passages, ...).
+
+        history: earlier turns, oldest first, as [{"role": "user"|"assistant", "content": "..."}].
+        k: passages to retrieve (default from the settings).
+        """
+        try:
+            turns = [ChatTurn.model_validate(t) for t in (history or [])]
+        except ValueError as e:
+            raise gr.Error(f"bad history: {e}") from e
+        try:
+            answer = self.pool.get().ask(question, turns, k=int(k) if k else None)
+        except RagError as e:
+            raise gr.Error(str(e), title="Could not answer") from e
+        return answer.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+def theme() -> gr.themes.Base:
+    """System fonts only: the page requests no web font from anywhere."""
+    return gr.themes.Default(
+        primary_hue="indigo",
+        neutral_hue="slate",
+        radius_size="md",
+        font=[gr.themes.Font("system-ui"), gr.themes.Font("-apple-system"), gr.themes.Font("Segoe UI"), "sans-serif"],
+        font_mono=[gr.themes.Font("ui-monospace"), gr.themes.Font("SFMono-Regular"), gr.themes.Font("Menlo"), "monospace"],
+    )
+
+
+def launch_options() -> dict[str, Any]:
+    """What RagApp.launch() passes to Gradio unless told otherwise (Gradio 6 takes theme and CSS at launch)."""
+    return {
+        "theme": theme(),
+        "css_paths": [CSS_PATH],
+        "footer_links": ["api"],
+        "run_history": False,
+        "mcp_server": False,
+        "ssr_mode": False,
+        "pwa": False,
+        "share": False,
+        "show_error": True,
+        "enable_monitoring": False,
+    }
+
+
+class RagApp(gr.Blocks):
+    """gr.Blocks whose launch() applies this app's theme, CSS and offline defaults."""
+
+    def launch(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().launch(*args, **{**launch_options(), **kwargs})
+
+
+def _header(settings: Settings) -> str:
+    return (
+        f'<div class="rag-header"><div class="rag-brand">{esc(TITLE)}</div>'
+        '<div class="rag-tagline">Answers from the paper abstracts in the local index, with the sentences that '
+        "support them. Runs offline on a small local model: check the sources.</div></div>"
+    )
+
+
+def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
+    """The whole web app, not launched. With no assistant, one is created per model on first use."""
+    pool = AssistantPool(settings, assistant)
+    cb = ChatCallbacks(settings, pool)
+    llm = settings.llm
+    with RagApp(title=TITLE, analytics_enabled=False, fill_width=True) as app:
+        session = gr.State(ChatSession())
+        pending = gr.State("")
+        gr.HTML(_header(settings), elem_id="rag-header")
+
+        with gr.Row(equal_height=False, elem_id="rag-main"):
+            with gr.Column(scale=3, min_width=420, elem_id="rag-chat-col"):
+                chatbot = gr.Chatbot(
+                    elem_id="rag-chat",
+                    show_label=False,
+                    height="64vh",
+                    min_height=360,
+                    layout="bubble",
+                    buttons=[],
+                    feedback_options=None,
+                    latex_delimiters=[],
+                    group_consecutive_messages=False,
+                    placeholder="<div class='rag-placeholder'><strong>Ask about the papers in the corpus.</strong>"
+                    "<br>Try one of these:</div>",
+                    examples=[{"text": q} for q in EXAMPLE_QUESTIONS],
+                )
+                with gr.Row(elem_id="rag-input-row"):
+                    question = gr.Textbox(
+                        placeholder="Ask a question about the abstracts… (Enter to send)",
+                        show_label=False, lines=1, max_lines=6, scale=8, elem_id="rag-question", autofocus=True,
+                        container=False,
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="rag-send")
+                    stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, visible=False, elem_id="rag-stop")
+                    new_chat = gr.Button("New chat", scale=1, min_width=100, elem_id="rag-new")
+            with gr.Column(scale=2, min_width=340, elem_id="rag-sources-col"):
+                sources = gr.HTML(render_sources(None), elem_id="rag-sources")
+                with gr.Accordion("Other retrieved passages", open=False, elem_id="rag-others-acc"):
+                    others = gr.HTML(render_other_passages(None), elem_id="rag-others")
+                with gr.Accordion("Settings and index", open=False, elem_id="rag-settings"):
+                    with gr.Row():
+                        k = gr.Slider(1, 20, value=settings.retrieval.k, step=1, label="Passages to retrieve", elem_id="rag-k")
+                        model = gr.Dropdown(
+                            choices=pool.choices(), value=pool.default_name, label="Model", elem_id="rag-model",
+                            info="The default model, then every .gguf in models/",
+                        )
+                    with gr.Row():
+                        temperature = gr.Slider(
+                            0.0, 1.5, value=llm.temperature, step=0.05, label="Temperature", info="0 is deterministic"
+                        )
+                        max_tokens = gr.Slider(16, 1024, value=llm.max_tokens, step=16, label="Max answer tokens")
+                    index_html = gr.HTML(elem_id="rag-index-status")
+                    reindex_btn = gr.Button("Re-index corpus", size="sm", elem_id="rag-reindex")
+
+        settings_inputs = [k, model, temperature, max_tokens]
+        private: dict[str, Any] = {"api_visibility": "private"}
+        start_args = dict(fn=cb.start, inputs=[question, session], outputs=[question, chatbot, session, pending, send, stop],
+                          queue=False, **private)
+        respond_args = dict(fn=cb.respond, inputs=[pending, session, *settings_inputs], outputs=[chatbot, session, sources, others],
+                            show_progress="hidden", concurrency_id="assistant", **private)
+        running = []
+        for trigger in (question.submit, send.click):
+            event = trigger(**start_args).then(**respond_args)
+            running.append(event)
+            event.then(cb.finished, inputs=[session], outputs=[send, stop], queue=False, **private)
+        example_event = (
+            chatbot.example_select(cb.example, outputs=[question], queue=False, **private)
+            .then(**start_args)
+            .then(**respond_args)
+        )
+        example_event.then(cb.finished, inputs=[session], outputs=[send, stop], queue=False, **private)
+        running.append(example_event)
+
+        stop.click(cb.stopped, inputs=[session], outputs=[chatbot, session, send, stop], cancels=running, queue=False, **private)
+        chatbot.clear(cb.new_chat, outputs=[chatbot, session, sources, others, question, send, stop], cancels=running,
+                      queue=False, **private)
+        new_chat.click(cb.new_chat, outputs=[chatbot, session, sources, others, question, send, stop], cancels=running,
+                       queue=False, **private)
+        reindex_btn.click(cb.reindex, outputs=[index_html], concurrency_limit=1, concurrency_id="reindex", **private)
+        app.load(cb.refresh, outputs=[index_html, model], **private)
+        gr.api(cb.ask, api_name="ask", concurrency_id="assistant")
+    app.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    return app
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None, share: bool = False) -> None:
+    """Launch the app (blocking) on settings.ui host/port, loopback by default; never shared unless asked."""
+    app = build_app(settings)
+    host = host or settings.ui.host
+    port = port or settings.ui.port
+    logger.info("serving on http://%s:%d", host, port)
+    app.launch(server_name=host, server_port=port, share=share, inbrowser=False)
