@@ -46,7 +46,7 @@ EXAMPLE_QUESTIONS: tuple[str, ...] = (
     "How many expert-level multiple-choice questions does the KMMLU Korean benchmark contain?",
 )
 
-_MARKER = re.compile(r"\[(\d{1,3})\]")
+_MARKER = re.compile(r"\s*\[(\d{1,3})\]")
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -84,13 +84,34 @@ def highlight(text: str, quote: str) -> str:
     if not spans:
         prefix = f'<blockquote class="rag-quote"><mark>{esc(quote)}</mark></blockquote>' if quote.strip() else ""
         return prefix + esc(text)
-    out, pos = [], 0
-    for start, end in spans:
-        out.append(esc(text[pos:start]))
-        out.append(f"<mark>{esc(text[start:end])}</mark>")
-        pos = end
-    out.append(esc(text[pos:]))
+    return _marked(text, spans, 0, len(text))
+
+
+def _marked(text: str, spans: list[tuple[int, int]], start: int, end: int) -> str:
+    out, pos = [], start
+    for a, b in spans:
+        out.append(esc(text[pos:a]))
+        out.append(f"<mark>{esc(text[a:b])}</mark>")
+        pos = b
+    out.append(esc(text[pos:end]))
     return "".join(out)
+
+
+_SENTENCE_END = re.compile(r"[.!?]\s+")
+
+
+def highlight_excerpt(text: str, quote: str) -> str | None:
+    """The quote marked within its neighbouring sentences (one either side), or None when it is not in the text."""
+    spans = _text_spans(text, quote) if quote.strip() else []
+    if not spans:
+        return None
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    before = [e for e in ends if e <= spans[0][0]]
+    start = before[-2] if len(before) >= 2 else 0
+    after = [e for e in ends if e > spans[-1][1]]
+    end = after[0] if after else len(text)
+    body = _marked(text, spans, start, end).strip()
+    return ("… " if start > 0 else "") + body + (" …" if end < len(text) else "")
 
 
 def _location(passage: Passage | Citation) -> str:
@@ -162,14 +183,17 @@ def render_answer(answer: Answer) -> str:
     labels = {c.n: _citation_label(c, answer.passages) for c in answer.citations}
     body = _cite_markers(body, labels)
     notes = ""
-    if answer.unsupported:
-        listed = "".join(f"<li>{esc(s)}</li>" for s in missing)
-        notes = (
-            '<div class="rag-note"><span class="rag-unsupported-key">dotted</span> sentences are not supported by '
-            f"any retrieved passage.{f'<ul>{listed}</ul>' if listed else ''}</div>"
+    if len(missing) < len(answer.unsupported):
+        notes += '<div class="rag-note"><span class="rag-unsupported-key">Dotted</span>: no retrieved passage supports it.</div>'
+    if missing:
+        items = "".join(f'<li><span class="rag-unsupported">{esc(s)}</span></li>' for s in missing)
+        n = len(missing)
+        notes += (
+            f'<details class="rag-note rag-left-out"><summary>{n} sentence{"s" * (n != 1)} left out: no retrieved '
+            f"passage supports {'them' if n != 1 else 'it'}</summary><ul>{items}</ul></details>"
         )
-    elif not answer.citations:
-        notes = '<div class="rag-note">No sentence of this answer could be tied to a passage.</div>'
+    if not answer.citations:
+        notes += '<div class="rag-note">No sentence of this answer could be tied to a passage.</div>'
     return query + f'<div class="rag-answer">{body}</div>' + notes
 
 
@@ -202,8 +226,18 @@ def _citation_card(citation: Citation, passages: Sequence[Passage]) -> str:
         f'<article class="rag-card rag-cited" data-n="{citation.n}">'
         f'<div class="rag-card-head"><span class="rag-n">{citation.n}</span>'
         f'<span class="rag-title">{esc(label)}{untitled}</span></div>{meta}'
-        f'<div class="rag-abstract">{highlight(abstract, citation.quote) if abstract else highlight(citation.quote, citation.quote)}</div>'
-        "</article>"
+        f"{_quoted_abstract(abstract, citation.quote)}</article>"
+    )
+
+
+def _quoted_abstract(abstract: str, quote: str) -> str:
+    """The supporting sentences marked in context, then the whole abstract (marked too) on demand."""
+    excerpt = highlight_excerpt(abstract, quote)
+    if excerpt is None:
+        return f'<div class="rag-abstract">{highlight(abstract or quote, quote)}</div>'
+    return (
+        f'<div class="rag-excerpt">{excerpt}</div>'
+        f'<details class="rag-full"><summary>Full abstract</summary><div class="rag-abstract">{highlight(abstract, quote)}</div></details>'
     )
 
 
@@ -538,10 +572,16 @@ class ChatCallbacks:
     # -- API
 
     def ask(self, question: str, history: list[dict[str, str]] | None = None, k: int | None = None) -> dict[str, Any]:
-        """Answer a question about the corpus; returns the Answer as JSON (answer, citations, passages, ...).
+        """Answer a question about the paper abstracts, with cited passages.
 
-        history: earlier turns, oldest first, as [{"role": "user"|"assistant", "content": "..."}].
-        k: passages to retrieve (default from the settings).
+        Args:
+            question: The question (a follow-up is rewritten with the history into a standalone one).
+            history: Earlier turns, oldest first: [{"role": "user" or "assistant", "content": "..."}].
+            k: Passages to retrieve; None uses the server's setting.
+
+        Returns:
+            The Answer as JSON: answer, abstained, citations [{n, source, line, quote, score, ...}], passages,
+            unsupported sentences, standalone_question, model, timings.
         """
         try:
             turns = [ChatTurn.model_validate(t) for t in (history or [])]
@@ -633,7 +673,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
                     )
                     send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="rag-send")
                     stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, visible=False, elem_id="rag-stop")
-                    new_chat = gr.Button("New chat", scale=1, min_width=100, elem_id="rag-new")
+                    new_chat = gr.Button("New chat", scale=1, min_width=116, elem_id="rag-new")
             with gr.Column(scale=2, min_width=340, elem_id="rag-sources-col"):
                 sources = gr.HTML(render_sources(None), elem_id="rag-sources")
                 with gr.Accordion("Other retrieved passages", open=False, elem_id="rag-others-acc"):

@@ -1,0 +1,262 @@
+"""The web app in a real headless Chromium (Debian's /usr/bin/chromium), with the real assistant, model and index.
+
+Each test drives the page as a user would: type, send, watch tokens stream, read the sources panel, stop, start
+a new chat, re-index. Every request the page makes is recorded; none may leave the app's own host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from rag.config import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+ANSWER_TIMEOUT_MS = 90_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.llm,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"),
+]
+
+EVIL_TITLE = "Zebra crossings <script>window.__pwned = 1</script>"
+EVIL_ABSTRACT = (
+    "We present ZebraNet, a detector of zebra crossings for dashboard cameras <img src=x onerror=\"window.__pwned = 2\">. "
+    "ZebraNet reaches 91% accuracy on the <b>ZebraBench</b> test set. ${window.__pwned = 3} "
+    "{{constructor.constructor('window.__pwned = 4')()}}"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(settings: Settings, assistant) -> Iterator[str]:
+    from rag.ui import build_app
+
+    app = build_app(settings, assistant)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(ingested_settings: Settings, retriever) -> Iterator[str]:
+    """The app over the bundled corpus (ingested once per test session)."""
+    from rag.answer import Assistant
+
+    yield from launch(ingested_settings, Assistant(ingested_settings, retriever=retriever))
+
+
+@pytest.fixture(scope="module")
+def small_app_url(tmp_path_factory: pytest.TempPathFactory, embedder) -> Iterator[str]:
+    """An app over a tiny corpus of its own: one abstract full of markup, plus the test sample (safe to re-index)."""
+    from rag.answer import Assistant
+    from rag.ingest import ingest
+    from rag.retrieval import Retriever
+
+    root = tmp_path_factory.mktemp("small")
+    evil = root / "evil.jsonl"
+    evil.write_text(json.dumps({"title": EVIL_TITLE, "abstract": EVIL_ABSTRACT, "date": "Jan 1, 2024"}) + "\n")
+    sample = Path(__file__).parent / "data" / "sample.jsonl"
+    settings = Settings(data_dir=root / "data", corpus_paths=[evil, sample])
+    ingest(settings, embedder=embedder)
+    yield from launch(settings, Assistant(settings, retriever=Retriever(settings, embedder=embedder)))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh tab that records the host of every request it makes."""
+    context = browser.new_context(viewport={"width": 1400, "height": 950})
+    page = context.new_page()
+    page.requested = []  # type: ignore[attr-defined]
+    page.on("request", lambda request: page.requested.append(request.url))  # type: ignore[attr-defined]
+    yield page
+    context.close()
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#rag-question textarea")
+    page.wait_for_selector("#rag-sources .rag-panel-title")
+
+
+def ask(page, question: str) -> None:
+    page.fill("#rag-question textarea", question)
+    page.keyboard.press("Enter")
+
+
+def last_bot(page):
+    return page.locator("#rag-chat [data-testid='bot']").last
+
+
+def wait_for_answer(page, n: int) -> str:
+    """Wait until the n-th answer is final (no cursor, not 'searching'); return its text."""
+    page.wait_for_function(
+        """n => {
+            const bots = document.querySelectorAll("#rag-chat [data-testid='bot']");
+            if (bots.length < n) return false;
+            const last = bots[n - 1];
+            return !last.querySelector('.rag-streaming') && last.querySelector('.rag-answer, .rag-error');
+        }""",
+        arg=n,
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    return last_bot(page).inner_text()
+
+
+def hosts(urls: list[str]) -> set[str]:
+    return {urlparse(u).hostname or u.split(":", 1)[0] for u in urls}
+
+
+def test_chat_streams_cites_and_follows_up(page, app_url: str, tmp_path: Path):
+    open_app(page, app_url)
+    ask(page, "What sparsity level can sparse finetuning reach for MPT text generation without an accuracy drop?")
+    page.wait_for_selector("#rag-chat .rag-cursor", timeout=ANSWER_TIMEOUT_MS)  # tokens arriving, cursor blinking
+    assert page.is_visible("#rag-stop")
+    first = wait_for_answer(page, 1)
+    assert first.strip()
+    page.screenshot(path=str(tmp_path / "answer.png"))
+
+    bubble = last_bot(page)
+    abstained = bubble.locator(".rag-abstained").count() > 0
+    if abstained:
+        assert page.locator("#rag-sources .rag-card").count() >= 1  # the nearest passages are shown
+    else:
+        markers = {int(m) for m in re.findall(r"\[(\d+)\]", bubble.locator(".rag-answer").inner_text())}
+        cards = page.locator("#rag-sources .rag-cited")
+        assert markers, f"expected an [n] citation in: {first!r}"
+        assert {int(cards.nth(i).get_attribute("data-n")) for i in range(cards.count())} == markers
+        card = cards.first
+        assert re.search(r"\d{3}_[0-9a-f]{16}\.txt:\d+", card.locator(".rag-meta").inner_text())
+        assert card.locator(".rag-abstract mark").count() >= 1
+        assert "support" in card.locator(".rag-meta").inner_text()
+    assert page.is_visible("#rag-send") and not page.is_visible("#rag-stop")
+
+    ask(page, "And what speedups does it give?")
+    wait_for_answer(page, 2)
+    assert page.locator("#rag-chat [data-testid='user']").count() == 2
+    query = last_bot(page).locator(".rag-query")
+    assert query.count() == 1, "the follow-up should show the rewritten standalone query"
+    assert "And what speedups does it give?" != query.inner_text().replace("Searched for", "").strip()
+
+    page.click("#rag-new")
+    page.wait_for_function("() => !document.querySelector(\"#rag-chat [data-testid='bot']\")")
+    assert "Ask a question" in page.inner_text("#rag-sources")
+    assert hosts(page.requested) <= LOCAL_HOSTS, sorted(set(page.requested))
+
+
+def test_page_requests_nothing_but_its_own_host(page, app_url: str):
+    open_app(page, app_url)
+    page.click("#rag-chat button:has-text('EXAONE')")  # an example question
+    wait_for_answer(page, 1)
+    page.click("#rag-others-acc .label-wrap")
+    page.click("#rag-settings .label-wrap")
+    page.wait_for_selector("#rag-index-status table")
+    page.click("text=Use via API")  # the API docs page
+    page.wait_for_selector("text=/ask")
+    page.wait_for_timeout(500)
+    assert page.requested, "no request was recorded"
+    assert hosts(page.requested) <= LOCAL_HOSTS, sorted(u for u in set(page.requested) if urlparse(u).hostname not in LOCAL_HOSTS)
+
+
+def set_max_tokens(page, value: int) -> None:
+    box = page.locator("#rag-settings input[aria-label='number input for Max answer tokens']")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_stop_ends_a_long_answer(page, app_url: str):
+    open_app(page, app_url)
+    page.click("#rag-settings .label-wrap")
+    set_max_tokens(page, 1024)
+    ask(page, "Summarise in detail everything the corpus says about evaluating large language models.")
+    page.wait_for_selector("#rag-chat .rag-cursor", timeout=ANSWER_TIMEOUT_MS)
+    page.click("#rag-stop")
+    page.wait_for_selector("#rag-chat .rag-stopped", timeout=10_000)
+    assert page.is_visible("#rag-send") and not page.is_visible("#rag-stop")
+    set_max_tokens(page, 48)
+    ask(page, "How many TPU v4 chips were used to train PaLM?")  # the model is free again
+    wait_for_answer(page, 2)
+    assert page.locator("#rag-chat .rag-stopped").count() == 1
+
+
+def test_two_tabs_answer_at_once_without_mixing(browser, app_url: str):
+    questions = {
+        "exaone": "In which parameter sizes were the EXAONE 3.5 instruction-tuned language models released?",
+        "text4vpr": "What top-1 localization accuracy does Text4VPR achieve within a 5-meter radius?",
+    }
+    contexts = [browser.new_context(viewport={"width": 1200, "height": 900}) for _ in questions]
+    try:
+        pages = [c.new_page() for c in contexts]
+        for page in pages:
+            open_app(page, app_url)
+        for page, question in zip(pages, questions.values()):
+            ask(page, question)
+        for page, (topic, question) in zip(pages, questions.items()):
+            wait_for_answer(page, 1)
+            assert page.locator("#rag-chat [data-testid='user']").inner_text().strip() == question
+            other = next(t for t in questions if t != topic)
+            page.click("#rag-others-acc .label-wrap")
+            panel = (page.inner_text("#rag-sources") + page.inner_text("#rag-others")).lower()
+            assert topic in panel.replace(" ", ""), f"{topic} tab shows sources of another question"
+            assert page.locator("#rag-chat [data-testid='bot']").count() == 1
+            assert other not in last_bot(page).inner_text().lower().replace(" ", "")
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_markup_in_the_corpus_is_shown_as_text_never_run(page, small_app_url: str):
+    open_app(page, small_app_url)
+    ask(page, "What accuracy does ZebraNet reach on ZebraBench?")
+    wait_for_answer(page, 1)
+    page.click("#rag-others-acc .label-wrap")
+    shown = page.inner_text("#rag-sources") + page.inner_text("#rag-others")
+    assert "<script>window.__pwned = 1</script>" in shown and "<img src=x" in shown
+    assert "${window.__pwned = 3}" in shown
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.locator("#rag-sources script, #rag-others script, #rag-chat script, #rag-sources img").count() == 0
+
+
+def test_reindex_shows_progress_and_status(page, small_app_url: str):
+    open_app(page, small_app_url)
+    page.click("#rag-settings .label-wrap")
+    page.wait_for_selector("#rag-index-status table")
+    status = page.inner_text("#rag-index-status")
+    assert re.search(r"Papers\s+\d+", status) and "Embedder" in status
+    page.click("#rag-reindex")
+    page.wait_for_selector("text=/Indexed \\d+ papers/", timeout=60_000)
+    assert "Last ingest" in page.inner_text("#rag-index-status")
