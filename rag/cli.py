@@ -48,7 +48,7 @@ def cli(ctx: click.Context, data_dir: Path | None, verbose: int) -> None:
     """Answer questions about a corpus of paper abstracts, offline, with cited passages."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("bm25s", "chromadb", "httpx", "urllib3", "sentence_transformers"):
+    for noisy in ("chromadb", "httpx", "urllib3", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else logging.DEBUG)
     ctx.obj = {"data_dir": data_dir} if data_dir else {}
 
@@ -199,6 +199,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None, share: bool) -
     from rag.ui import serve as run_server
 
     run_server(_settings(ctx), host=host, port=port, share=share)
+
+
+def _register_eval() -> None:
+    from rag.eval import eval_command  # light: click and pydantic only at import
+
+    cli.add_command(eval_command, "eval")
+
+
+_register_eval()
 
 
 def main() -> None:

@@ -35,6 +35,14 @@ class _LexicalIndex:
     stemmer: object
 
 
+def _bm25s():
+    import bm25s
+
+    # bm25s sets its logger to DEBUG when imported; let it inherit the level the entry point configured.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
 def _stemmer():
     import Stemmer
 
@@ -42,9 +50,7 @@ def _stemmer():
 
 
 def _tokenize(texts: list[str], stemmer) -> object:
-    import bm25s
-
-    return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
+    return _bm25s().tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
 
 
 class Retriever:
@@ -69,8 +75,7 @@ class Retriever:
 
     @staticmethod
     def _build_lexical(store: Store, fingerprint: str) -> _LexicalIndex:
-        import bm25s
-
+        bm25s = _bm25s()
         started = time.perf_counter()
         chunks = store.all_chunks(with_embeddings=True)
         stemmer = _stemmer()
