@@ -105,10 +105,10 @@ def highlight_excerpt(text: str, quote: str) -> str | None:
     spans = _text_spans(text, quote) if quote.strip() else []
     if not spans:
         return None
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    before = [e for e in ends if e <= spans[0][0]]
+    boundaries = list(_SENTENCE_END.finditer(text))
+    before = [m.end() for m in boundaries if m.end() <= spans[0][0]]
     start = before[-2] if len(before) >= 2 else 0
-    after = [e for e in ends if e > spans[-1][1]]
+    after = [m.start() + 1 for m in boundaries if m.start() >= spans[-1][1]]
     end = after[0] if after else len(text)
     body = _marked(text, spans, start, end).strip()
     return ("… " if start > 0 else "") + body + (" …" if end < len(text) else "")

@@ -7,15 +7,19 @@ a new chat, re-index. Every request the page makes is recorded; none may leave t
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from rag.config import Settings
+from rag.config import PROJECT_ROOT, Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,6 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+NETGUARD = Path(__file__).parent / "netguard"  # refuses and records any connection that leaves the machine
 ANSWER_TIMEOUT_MS = 90_000
 
 pytestmark = [
@@ -260,3 +265,48 @@ def test_reindex_shows_progress_and_status(page, small_app_url: str):
     page.click("#rag-reindex")
     page.wait_for_selector("text=/Indexed \\d+ papers/", timeout=60_000)
     assert "Last ingest" in page.inner_text("#rag-index-status")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"app.py did not listen on {port} within {timeout}s")
+
+
+@pytest.mark.skipif(not NETGUARD.exists(), reason="needs tests/netguard (the offline guard)")
+def test_served_app_indexes_and_answers_connecting_nowhere(page, tmp_path: Path):
+    """`python app.py` as a user runs it, on an empty data dir, with every outbound connection and name lookup
+    refused and recorded: the page says there is no index, Re-index builds it, then a question is answered."""
+    log, port = tmp_path / "net.log", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "ANONYMIZED_", "GRADIO_"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(NETGUARD), env.get("PYTHONPATH", "")])),
+        RAG_NETGUARD_LOG=str(log),
+        RAG_DATA_DIR=str(tmp_path / "data"),
+        RAG_CORPUS_PATHS=json.dumps([str(PROJECT_ROOT / "corpus" / "000_984080258767f917.txt")]),  # 4 abstracts: fast
+        RAG_UI__PORT=str(port),
+        HOME=str(tmp_path / "home"),
+    )
+    with open(tmp_path / "app.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        open_app(page, f"http://127.0.0.1:{port}/")
+        page.click("#rag-settings .label-wrap")
+        page.wait_for_selector("#rag-index-status .rag-index-missing")
+        page.click("#rag-reindex")
+        page.wait_for_selector("#rag-index-status table", timeout=120_000)
+        ask(page, "In which parameter sizes were the EXAONE 3.5 instruction-tuned language models released?")
+        answer = wait_for_answer(page, 1)
+        assert page.locator("#rag-sources .rag-card").count() >= 1, answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert hosts(page.requested) <= LOCAL_HOSTS, sorted(set(page.requested))
+    assert not log.exists() or log.read_text() == "", log.read_text()

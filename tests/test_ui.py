@@ -155,6 +155,24 @@ def test_highlight_shows_a_quote_not_in_the_text_above_it():
     no_raw_markup(out)
 
 
+def test_excerpt_shows_the_quote_with_one_sentence_either_side():
+    text = "One. Two. Three is <key>. Four. Five."
+    out = ui.highlight_excerpt(text, "Three is <key>.")
+    assert out == "… Two. <mark>Three is &lt;key&gt;.</mark> Four. …"
+    assert ui.highlight_excerpt(text, "Not there.") is None
+    assert ui.highlight_excerpt("Only <one>.", "Only <one>.") == "<mark>Only &lt;one&gt;.</mark>"
+
+
+def test_sentences_left_out_of_the_answer_are_listed_as_unsupported():
+    answer = answer_for("How sparse?", []).model_copy(
+        update={"answer": "Sparse finetuning reaches 75% sparsity [1].", "unsupported": ["The moon is <b>cheese</b>."]}
+    )
+    out = ui.render_answer(answer)
+    assert "1 sentence left out" in out and '<span class="rag-unsupported">The moon is &lt;b&gt;cheese' in out
+    assert "Dotted" not in out  # nothing unsupported inside the answer text itself
+    no_raw_markup(out)
+
+
 def test_answer_has_markers_unsupported_marks_and_no_markup():
     out = ui.render_answer(answer_for("How sparse?", []))
     assert re.search(r'<sup class="rag-cite" title="Sparse Fine-tuning &lt;b&gt;for&lt;/b&gt; LLMs">\[1\]</sup>', out)
