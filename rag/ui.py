@@ -504,7 +504,7 @@ class ChatCallbacks:
                     session.messages[-1] = _bot_message(render_streaming(question, standalone, text, n_passages))
                     yield list(session.messages), session, sources, gr.update()
             raise RagError("the answer stream ended without a final answer")
-        except (RagError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the tab must not stay stuck "answering"
             if not isinstance(e, RagError):
                 logger.exception("answering %r failed", question)
             if not session.owns(turn):
@@ -724,9 +724,23 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
     return app
 
 
+def warm_up(assistant: Assistant) -> None:
+    """Open the index and load the embedder and the model before the first visitor, so the first answer is quick
+    and no request races another to open the store first. A missing index is not fatal: the page can build it."""
+    logger.info("warming up: opening the index, loading the embedder and the model")
+    try:
+        assistant.warm_up()
+    except RagError as e:
+        logger.warning("not warmed up (%s); the page shows the index status and can re-index", e)
+
+
 def serve(settings: Settings, host: str | None = None, port: int | None = None, share: bool = False) -> None:
     """Launch the app (blocking) on settings.ui host/port, loopback by default; never shared unless asked."""
-    app = build_app(settings)
+    from rag.answer import Assistant
+
+    assistant = Assistant(settings)
+    warm_up(assistant)
+    app = build_app(settings, assistant)
     host = host or settings.ui.host
     port = port or settings.ui.port
     logger.info("serving on http://%s:%d", host, port)

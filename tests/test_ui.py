@@ -302,6 +302,16 @@ def test_question_error_is_shown_in_the_chat_and_raised_as_gr_error(settings):
     assert not session.streaming and session.turns == []
 
 
+def test_an_unexpected_failure_does_not_leave_the_tab_stuck(settings):
+    cb = ui.ChatCallbacks(settings, ui.AssistantPool(settings, ScriptedAssistant(fail=RuntimeError("llama exploded"))))
+    session = ui.ChatSession()
+    _, _, session, pending, *_ = cb.start("How sparse?", session)
+    with pytest.raises(gr.Error, match="unexpected error"):
+        list(cb.respond(pending, session, 5, None, 0.0, 128))
+    assert not session.streaming and "rag-error" in session.messages[-1]["content"]
+    assert cb.start("Again?", session)[3] == "Again?"  # the next question is accepted
+
+
 def test_api_ask_returns_the_answer_json(callbacks, assistant):
     out = callbacks.ask("How sparse?", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], k=3)
     assert json.loads(json.dumps(out))["citations"][0]["n"] == 1
