@@ -15,7 +15,8 @@ Definitions (all case-insensitive where text is compared):
   answerable questions that were not abstained on (pooled); citation recall: share of a question's expected
   papers that are cited, averaged over the same questions.
 - abstention rate: unanswerable questions abstained on; false abstention rate: answerable ones abstained on.
-- latency: p50 / p95 of first_token_s (questions where the model ran) and total_s (all answered questions).
+- latency: p50 / p95 of first_token_s (questions where the model ran) and total_s (all answered questions),
+  after the assistant's warm_up() (model loaded, system prompt cached), as in the web app.
 
 Nothing heavy is imported at module level: models and the store load only when `evaluate` runs.
 """
@@ -314,6 +315,9 @@ def _run_answers(answerer, items: list[QAItem], work: Path, progress: bool) -> d
     questions.write_text("".join(json.dumps({"id": i.id, "question": i.question}) + "\n" for i in items), encoding="utf-8")
     answers.unlink(missing_ok=True)  # an eval answers everything afresh
     ask = answerer.ask if hasattr(answerer, "ask") else answerer  # an Assistant, or a callable question -> Answer
+    warm_up = getattr(answerer, "warm_up", None)
+    if callable(warm_up):  # load the model first, so the latency figures are those of a running assistant
+        warm_up()
     run_batch(ask, questions, answers, progress=progress)
     records = {}
     for raw in answers.read_text(encoding="utf-8").splitlines():
