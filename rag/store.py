@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ META_STATE = "rag_state"  # "complete" | "writing"
 META_FINGERPRINT = "rag_fingerprint"
 META_LAST_INGEST = "rag_last_ingest"
 META_PAPERS = "rag_papers"
+
+# chromadb 1.5 fails when two threads create a PersistentClient for one path at the same moment (seen
+# in the web app: the page's status check and the first question racing): creation is serialised.
+_CLIENT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,14 +78,15 @@ class Store:
 
             self.chroma_dir.mkdir(parents=True, exist_ok=True)
             try:
-                self._client = chromadb.PersistentClient(
-                    path=str(self.chroma_dir),
-                    settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
-                )
+                with _CLIENT_LOCK:
+                    self._client = chromadb.PersistentClient(
+                        path=str(self.chroma_dir),
+                        settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
+                    )
             except Exception as e:  # noqa: BLE001 - a broken store is one clear error
                 raise IndexError_(
-                    f"cannot open the Chroma store at {self.chroma_dir}: {e}; "
-                    "delete that folder and run `rag ingest` to rebuild it"
+                    f"cannot open the Chroma store at {self.chroma_dir}: {e}. If another program is writing to it, "
+                    "wait for it to finish; if the store is damaged, move that folder aside and run `rag ingest`"
                 ) from e
         return self._client
 

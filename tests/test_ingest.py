@@ -133,3 +133,17 @@ def test_bad_file_gives_clear_error_and_leaves_index_untouched(
     assert "zzz_bad.txt" in str(info.value)
     after = index_status(settings)
     assert (after.fingerprint, after.chunks) == (before.fingerprint, before.chunks)
+
+
+def test_store_opens_from_many_threads_at_once(ingested_settings: Settings):
+    """chromadb fails when several threads create a client for one path together; the store serialises it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rag.store import Store
+
+    def count(_: int) -> int:
+        return Store(ingested_settings.chroma_dir, ingested_settings.collection).count()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        counts = list(pool.map(count, range(8)))
+    assert len(set(counts)) == 1 and counts[0] > 0
