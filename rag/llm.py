@@ -167,6 +167,15 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def _llama_cpp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama-cpp-python")
+    except Exception:  # noqa: BLE001 - only for a message
+        return "(unknown version)"
+
+
 # ---------------------------------------------------------------------------------------- generation
 
 
@@ -270,10 +279,12 @@ class LocalLLM:
                     )
                 except Exception as e:  # noqa: BLE001 - llama.cpp reports every load failure as a bare error
                     arch = gguf_architecture(path)
+                    version = _llama_cpp_version()
                     hint = (
-                        f"its architecture {arch!r} may be unknown to the installed llama.cpp, or the file is corrupt"
+                        f"the file is truncated or corrupt, or its architecture {arch!r} is not supported by the "
+                        f"installed llama-cpp-python {version}"
                         if arch
-                        else "the file looks corrupt or truncated"
+                        else "the file looks truncated or corrupt (no architecture in its header)"
                     )
                     raise ModelError(f"cannot load model {path}: {hint} ({e}): {WHAT_TO_DO}") from e
                 template = llama.metadata.get("tokenizer.chat_template")

@@ -1,0 +1,239 @@
+"""Question -> Answer: rewrite a follow-up, retrieve, decide whether the corpus can answer, build a short context,
+generate with the local model, then check and attach citations.
+
+`Assistant.stream()` yields, in order: one `query` event (the standalone question), one `passages` event,
+`token` events (the model's raw text as it is generated; markers are not yet checked), and one `done` event
+whose Answer is final (checked citations, unsupported sentences removed). `ask()` consumes `stream()`.
+Errors are raised as RagError subclasses (QuestionError, ModelError, IndexError_...), never yielded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from rag.citations import check_answer, grounded_fallback, new_facts
+from rag.config import Settings
+from rag.context import SentenceScorer, build_context, is_multi_paper_question, question_names, unanswerable_reason
+from rag.errors import ModelError, QuestionError
+from rag.llm import ChatModel, LocalLLM
+from rag.prompts import NOT_IN_CORPUS, Prompts
+from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rag.retrieval import Retriever
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NOT_IN_CORPUS", "Assistant", "standalone_question"]
+
+_FOLLOWUP_START = re.compile(r"^\s*(and|but|also|so|then|what about|how about|and what|and how|same for)\b", re.IGNORECASE)
+_REFERRING = re.compile(
+    r"\b(they|them|their|theirs|it|its|this|that|these|those|the (paper|papers|model|models|method|authors|work|approach|dataset|benchmark))\b",
+    re.IGNORECASE,
+)
+_CAPITALISED_RUN = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][\w\-.]*(?:\s+[A-Z0-9][\w\-.]*)*)")
+_WH_WORDS = {"what", "which", "how", "who", "when", "where", "why", "is", "are", "does", "do", "did", "can", "in", "on"}
+
+
+def _subject(question: str) -> str:
+    """What a question is about: its names and capitalised phrases ('Generative Context Distillation (GCD)')."""
+    phrases = [m.group(1) for m in _CAPITALISED_RUN.finditer(question.strip())]
+    phrases = [p for p in phrases if p.split()[0].lower() not in _WH_WORDS or len(p.split()) > 1]
+    names = [n for n in question_names(question) if not any(n in p for p in phrases)]
+    return ", ".join(dict.fromkeys([*phrases, *names]))
+
+
+def standalone_question(question: str, history: Sequence[ChatTurn]) -> str:
+    """Make a follow-up ('and which dataset did they use?') answerable on its own by naming what the earlier
+    questions were about. Deterministic and cheap: the 135M model is too weak to rewrite reliably."""
+    question = question.strip()
+    previous = [t.content.strip() for t in history if t.role == "user" and t.content.strip()]
+    if not previous:
+        return question
+    words = question.split()
+    followup = bool(_FOLLOWUP_START.match(question)) or (
+        not question_names(question) and (bool(_REFERRING.search(question)) or len(words) <= 4)
+    )
+    if not followup:
+        return question
+    subject = ""
+    for earlier in reversed(previous):
+        subject = _subject(earlier)
+        if subject:
+            break
+    if not subject:
+        subject = previous[-1].rstrip("?.! ")
+    body = _FOLLOWUP_START.sub("", question).strip(" ,") or question
+    body = body[0].upper() + body[1:]
+    mark = "?" if body.endswith("?") else ""
+    return f"{body.rstrip('?.! ')} (about {subject}){mark or '?'}"
+
+
+class Assistant:
+    """Answers questions from the indexed corpus with a local model. Cheap to construct: everything loads lazily."""
+
+    def __init__(self, settings: Settings, retriever: Retriever | None = None, llm: ChatModel | None = None):
+        self.settings = settings
+        self._retriever = retriever
+        self._llm = llm
+        self._prompts: Prompts | None = None
+        self._scorer: SentenceScorer | None = None
+        self._init_lock = threading.Lock()
+
+    # -- lazily built parts
+
+    @property
+    def retriever(self) -> Retriever:
+        with self._init_lock:
+            if self._retriever is None:
+                from rag.retrieval import Retriever
+
+                self._retriever = Retriever(self.settings)
+            return self._retriever
+
+    @property
+    def llm(self) -> ChatModel:
+        with self._init_lock:
+            if self._llm is None:
+                self._llm = LocalLLM(self.settings)
+            return self._llm
+
+    @property
+    def prompts(self) -> Prompts:
+        with self._init_lock:
+            if self._prompts is None:
+                self._prompts = Prompts.load(self.settings.prompts_dir)
+            return self._prompts
+
+    @property
+    def scorer(self) -> SentenceScorer:
+        retriever = self.retriever
+        with self._init_lock:
+            if self._scorer is None:
+                self._scorer = SentenceScorer(retriever.embedder)
+            return self._scorer
+
+    def model_info(self) -> ModelInfo | None:
+        try:
+            return self.llm.info()
+        except ModelError as e:
+            logger.warning("model info unavailable: %s", e)
+            return None
+
+    def warm_up(self) -> None:
+        """Load the index, the embedder and the model, and run the fixed system prompt once so its KV cache is
+        ready: the first question then pays only for its own tokens."""
+        self.retriever.search("warm up", k=1)
+        llm = self.llm
+        system = self.prompts.render("answer_system", not_in_corpus=NOT_IN_CORPUS)
+        for _ in llm.stream_chat([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], max_tokens=1):
+            pass
+
+    # -- answering
+
+    def ask(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Answer:
+        answer = None
+        for event in self.stream(question, history, k=k, temperature=temperature, max_tokens=max_tokens):
+            if event.kind == "done":
+                answer = event.answer
+        assert answer is not None  # stream() always ends with done or raises
+        return answer
+
+    def _validate(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise QuestionError("the question is empty: ask something about the papers")
+        question = " ".join(question.split())
+        limit = self.settings.answer.max_question_chars
+        if len(question) > limit:
+            raise QuestionError(f"the question is {len(question)} characters long; the limit is {limit}: shorten it")
+        return question
+
+    def stream(
+        self,
+        question: str,
+        history: Sequence[ChatTurn] = (),
+        k: int | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[StreamEvent]:
+        question = self._validate(question)
+        history = [t if isinstance(t, ChatTurn) else ChatTurn.model_validate(t) for t in history]
+        return self._stream(question, history, k, temperature, max_tokens)
+
+    def _stream(
+        self, question: str, history: list[ChatTurn], k: int | None, temperature: float | None, max_tokens: int | None
+    ) -> Iterator[StreamEvent]:
+        started = time.perf_counter()
+        cfg = self.settings
+        temperature = cfg.llm.temperature if temperature is None else temperature
+        max_tokens = cfg.llm.max_tokens if max_tokens is None else max_tokens
+        standalone = standalone_question(question, history)
+        yield StreamEvent(kind="query", text=standalone)
+
+        passages = self.retriever.search(standalone, k=k or cfg.retrieval.k)
+        timings = Timings(retrieve_s=round(time.perf_counter() - started, 4))
+        yield StreamEvent(kind="passages", passages=passages)
+
+        base = dict(
+            question=question, standalone_question=standalone, passages=passages, model=self.model_info(),
+            index=self.retriever.fingerprint(), prompt_version=self.prompts.version,
+        )
+        reason = self._abstain_reason(standalone, passages)
+        if reason:
+            logger.info("abstaining on %r: %s", standalone, reason)
+            timings.total_s = round(time.perf_counter() - started, 4)
+            answer = Answer(answer=NOT_IN_CORPUS, abstained=True, timings=timings, **base)
+            yield StreamEvent(kind="done", answer=answer)
+            return
+
+        context = build_context(
+            standalone, passages, scorer=self.scorer, llm=self.llm, prompts=self.prompts, settings=cfg, max_tokens=max_tokens
+        )
+        pieces: list[str] = []
+        for event in self.llm.stream_chat(context.messages, max_tokens=context.max_tokens, temperature=temperature):
+            if event.done:
+                timings.prompt_tokens = event.stats.prompt_tokens
+                timings.completion_tokens = event.stats.completion_tokens
+                continue
+            if timings.first_token_s is None:
+                timings.first_token_s = round(time.perf_counter() - started, 4)
+            pieces.append(event.text)
+            yield StreamEvent(kind="token", text=event.text)
+        raw = "".join(pieces).strip()
+
+        checked = check_answer(raw, context, self.scorer)
+        if not checked.text or not new_facts(checked.text, standalone):
+            logger.info("the model's answer %r has no supported sentence that adds to the question: quoting", raw[:200])
+            fallback = check_answer(grounded_fallback(context, is_multi_paper_question(standalone)), context, self.scorer)
+            fallback.unsupported = checked.unsupported
+            checked = fallback
+        timings.total_s = round(time.perf_counter() - started, 4)
+        answer = Answer(
+            answer=checked.text or NOT_IN_CORPUS,
+            abstained=not checked.text,
+            citations=checked.citations,
+            unsupported=checked.unsupported,
+            timings=timings,
+            **base,
+        )
+        yield StreamEvent(kind="done", answer=answer)
+
+    def _abstain_reason(self, question: str, passages: list[Passage]) -> str | None:
+        if not passages:
+            return "no passages (empty index?)"
+        best = max(p.similarity for p in passages)
+        if best < self.settings.answer.min_relevance:
+            return f"best passage similarity {best:.3f} < min_relevance {self.settings.answer.min_relevance}"
+        return unanswerable_reason(question, passages)

@@ -1,0 +1,249 @@
+"""Post-hoc citation checking: the model's [n] markers are parsed, checked against the passages, fixed or removed.
+
+A 135M model cites loosely and sometimes invents, so nothing it cites is shown unchecked:
+- markers that point at no passage are removed;
+- each answer sentence is compared with the sentences of every passage (embedding similarity and term
+  overlap; numbers in the sentence must occur in the passage); a marker stays only if its passage supports
+  the sentence, and an unmarked sentence gets the marker of the passage that clearly supports it;
+- a sentence no passage supports is moved to `unsupported` and left out of the answer text;
+- citations are renumbered 1..m in order of first use, each with the abstract sentence that best supports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+from rag.context import Context, PaperContext, SentenceScorer, question_names, split_sentences, terms
+from rag.prompts import NOT_IN_CORPUS
+from rag.types import Citation
+
+logger = logging.getLogger(__name__)
+
+CITE_THRESHOLD = 0.5  # support a cited passage must give a sentence for its marker to stay
+ATTACH_THRESHOLD = 0.6  # support a passage must give an unmarked sentence to be cited for it
+RELEVANT_SENTENCES = 2  # a number in a claim must occur in one of the paper's this-many most question-relevant sentences
+COSINE_WEIGHT = 0.5  # support = COSINE_WEIGHT * cosine + (1 - COSINE_WEIGHT) * term overlap
+
+_MARKER = re.compile(
+    r"\s*\[\s*(?:passages?|sources?|refs?\.?|id\s*=?)?\s*(\d+(?:\s*(?:,|;|and|&|-|–)\s*\d+)*)\s*\]", re.IGNORECASE
+)
+_PASSAGE_TAG = re.compile(r"</?\s*passages?\b[^>]*>", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![A-Za-z0-9\-.])\d[\d,.]*\d|(?<![A-Za-z0-9\-.])\d")
+_ABSTAIN = re.compile(r"(does not|doesn't|do not) contain (an|the) answer", re.IGNORECASE)
+
+
+@dataclass
+class Support:
+    score: float  # combined support, 0..~1
+    cosine: float
+    quote: str
+
+
+@dataclass
+class CheckedAnswer:
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+    model_abstained: bool = False
+
+
+def marker_numbers(group: str) -> list[int]:
+    """'1, 2' -> [1, 2]; '1-3' -> [1, 2, 3]."""
+    numbers: list[int] = []
+    for part in re.split(r"\s*(?:,|;|and|&)\s*", group):
+        bounds = re.split(r"\s*[-–]\s*", part.strip())
+        if len(bounds) == 2 and bounds[0].isdigit() and bounds[1].isdigit() and 0 <= int(bounds[1]) - int(bounds[0]) <= 10:
+            numbers.extend(range(int(bounds[0]), int(bounds[1]) + 1))
+        elif bounds[0].isdigit():
+            numbers.append(int(bounds[0]))
+    return list(dict.fromkeys(numbers))
+
+
+def strip_markers(text: str) -> str:
+    return " ".join(_MARKER.sub("", text).split())
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "").rstrip(".") for n in _NUMBER.findall(text)}
+
+
+class SupportChecker:
+    """Scores how well a paper's sentences support a claim; caches nothing but what the scorer caches."""
+
+    def __init__(self, scorer: SentenceScorer, question: str):
+        self.scorer = scorer
+        self.question = question
+        self.question_terms = terms(question)
+        self.question_numbers = _numbers(question)
+
+    def support(self, claim: str, paper: PaperContext) -> Support:
+        sentences = paper.sentences
+        if not sentences or not claim.strip():
+            return Support(0.0, 0.0, "")
+        paper_text = " ".join(sentences)
+        claim_numbers = _numbers(claim) - self.question_numbers
+        if claim_numbers:
+            # Numbers must come from the sentences that answer the question, not from elsewhere in the abstract:
+            # a small model readily copies the wrong figure of the right paper.
+            relevant = sorted(range(len(sentences)), key=lambda i: -paper.scores[i])[:RELEVANT_SENTENCES]
+            if claim_numbers - _numbers(" ".join([paper.title or "", *(sentences[i] for i in relevant)])):
+                return Support(0.0, 0.0, "")
+        known = f"{paper.title or ''} {paper_text} {self.question}".lower()
+        if any(name.lower() not in known for name in question_names(claim)):
+            return Support(0.0, 0.0, "")  # a name (NV-Embed, GPT-4...) the paper never mentions: invented
+        claim_terms = terms(claim)
+        paper_terms = terms(f"{paper.title or ''} {paper_text}")
+        novel = claim_terms - paper_terms - self.question_terms
+        if claim_terms and len(novel) / len(claim_terms) > 0.5:
+            return Support(0.0, 0.0, "")
+        cosines = self.scorer.similarity([claim], sentences)[0]
+        best = Support(0.0, 0.0, "")
+        for sentence, cosine in zip(sentences, cosines):
+            sentence_terms = terms(sentence)
+            lexical = len(claim_terms & sentence_terms) / len(claim_terms) if claim_terms else 0.0
+            score = COSINE_WEIGHT * float(cosine) + (1 - COSINE_WEIGHT) * lexical
+            if score > best.score:
+                best = Support(score, float(cosine), sentence)
+        # Claims often join facts from neighbouring sentences: credit the paper's overall term coverage a little.
+        coverage = len(claim_terms & paper_terms) / len(claim_terms) if claim_terms else 0.0
+        best.score = max(best.score, 0.8 * best.score + 0.2 * coverage)
+        return best
+
+
+def _segments(sentence: str) -> list[tuple[str, list[int], tuple[int, int]]]:
+    """(text before the marker since the previous one, numbers, marker span) for each marker of a sentence."""
+    out = []
+    previous = 0
+    for match in _MARKER.finditer(sentence):
+        out.append((sentence[previous : match.start()], marker_numbers(match.group(1)), match.span()))
+        previous = match.end()
+    return out
+
+
+def check_answer(raw: str, context: Context, scorer: SentenceScorer) -> CheckedAnswer:
+    """Check every sentence of a generated answer against the context papers; see the module docstring."""
+    checker = SupportChecker(scorer, context.question)
+    papers = {p.n: p for p in context.papers}
+    text = _PASSAGE_TAG.sub(" ", raw)
+    model_abstained = bool(_ABSTAIN.search(text)) or NOT_IN_CORPUS.lower() in text.lower()
+
+    renumber: dict[int, int] = {}  # context paper n -> citation number, in order of first use
+    best_quote: dict[int, Support] = {}
+    kept: list[str] = []
+    unsupported: list[str] = []
+    seen_claims: set[str] = set()
+
+    for sentence in split_sentences(text):
+        claim = strip_markers(sentence)
+        if len(terms(claim)) == 0 or _ABSTAIN.search(claim):
+            continue
+        key = claim.lower()
+        if key in seen_claims:
+            continue
+        seen_claims.add(key)
+        supports = {n: checker.support(claim, p) for n, p in papers.items()}
+
+        valid: dict[tuple[int, int], list[int]] = {}
+        for segment, numbers, span in _segments(sentence):
+            keep = []
+            for n in numbers:
+                if n not in papers:
+                    logger.debug("removed invented marker [%d]", n)
+                    continue
+                seg_support = checker.support(segment, papers[n]) if len(terms(segment)) >= 3 else supports[n]
+                if max(seg_support.score, supports[n].score) >= CITE_THRESHOLD:
+                    keep.append(n)
+            valid[span] = keep
+        cited = [n for numbers in valid.values() for n in numbers]
+        attached: list[int] = []
+        if not cited:
+            best_n = max(supports, key=lambda n: supports[n].score, default=None)
+            if best_n is not None and supports[best_n].score >= ATTACH_THRESHOLD:
+                attached = [best_n]
+        if not cited and not attached:
+            unsupported.append(claim)
+            continue
+
+        for n in [*cited, *attached]:
+            renumber.setdefault(n, len(renumber) + 1)
+            if n not in best_quote or supports[n].score > best_quote[n].score:
+                best_quote[n] = supports[n]
+        kept.append(_rewrite(sentence, valid, attached, renumber))
+
+    citations = []
+    for n, new in sorted(renumber.items(), key=lambda item: item[1]):
+        paper, support = papers[n], best_quote[n]
+        citations.append(
+            Citation(
+                n=new, source=paper.source, line=paper.line, paper_id=paper.paper_id, title=paper.title,
+                quote=support.quote, score=round(min(1.0, max(0.0, support.cosine)), 4),
+            )
+        )
+    return CheckedAnswer(text=" ".join(kept), citations=citations, unsupported=unsupported, model_abstained=model_abstained)
+
+
+def _rewrite(sentence: str, valid: dict[tuple[int, int], list[int]], attached: list[int], renumber: dict[int, int]) -> str:
+    """The sentence with its markers renumbered (invalid ones dropped) and, if any, a new marker at its end."""
+    out, previous = [], 0
+    for (start, end), numbers in sorted(valid.items()):
+        out.append(sentence[previous:start])
+        if numbers:
+            out.append(" " + "".join(f"[{renumber[n]}]" for n in numbers))
+        previous = end
+    out.append(sentence[previous:])
+    result = " ".join("".join(out).split())
+    result = re.sub(r"\s+([.,;:!?])", r"\1", result)
+    # "claim. [1]" -> "claim [1]."
+    result = re.sub(r"([.!?])((?:\s*\[\d+\])+)\s*$", lambda m: f"{m.group(2)}{m.group(1)}", result).strip()
+    if attached:
+        tail = "".join(f"[{renumber[n]}]" for n in attached)
+        match = re.search(r"[.!?]+$", result)
+        result = f"{result[: match.start()]} {tail}{match.group(0)}" if match else f"{result} {tail}"
+    return result
+
+
+_CAPITALISED = re.compile(r"(?:(?<=[\s(\"'])|^)([A-Z][A-Za-z0-9\-]+)")
+
+
+def new_facts(text: str, question: str) -> set[str]:
+    """Numbers and names in the text that the question does not already contain: what an answer adds.
+
+    A sentence that only restates the question ("The method that updates ... is a method [1].") adds none."""
+    asked = question.lower()
+    text = strip_markers(text)
+    found = {n for n in _numbers(text) if n not in _numbers(question)}
+    candidates = {name for name in question_names(text) if any(c.isalpha() for c in name)}
+    for sentence in split_sentences(text):  # capitalised words, except each sentence's first
+        candidates |= set(_CAPITALISED.findall(sentence.split(" ", 1)[1] if " " in sentence else ""))
+    found |= {c for c in candidates if c.lower() not in asked and c.lower() not in _COMMON}
+    return found
+
+
+_COMMON = frozenset("the this these those our we in on for to a an it its their they however our as while by with".split())
+
+
+def grounded_fallback(context: Context, multi: bool) -> str:
+    """An extractive answer, used when the model's answer has no supported sentence that adds anything: per paper
+    (the best one, or each for multi-paper questions) its most relevant sentence, plus the best sentence that
+    names or quantifies something the question does not, and the title when only the title names the work."""
+    papers = context.papers if multi else context.papers[:1]
+    parts = []
+    for paper in papers:
+        if not paper.sentences:
+            continue
+        ranked = sorted(range(len(paper.sentences)), key=lambda i: -paper.scores[i])
+        chosen = [ranked[0]]
+        if not new_facts(paper.sentences[ranked[0]], context.question):
+            top = paper.scores[ranked[0]]
+            bearing = [i for i in ranked[1:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
+            chosen.extend(bearing[:1])
+        text = " ".join(paper.sentences[i] for i in sorted(chosen))
+        match = re.search(r"[.!?]+$", text)
+        body, end = (text[: match.start()], match.group(0)) if match else (text, ".")
+        if paper.title and (multi or not new_facts(text, context.question)):
+            parts.append(f"{paper.title} [{paper.n}]: {body}{end}")
+        else:
+            parts.append(f"{body} [{paper.n}]{end}")
+    return " ".join(parts)

@@ -1,0 +1,134 @@
+"""Post-hoc citation checking with the real embedder: markers kept, moved, renumbered or removed; claims checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.citations import check_answer, grounded_fallback, marker_numbers, new_facts, strip_markers
+from rag.context import Context, PaperContext, SentenceScorer, score_sentences, split_sentences
+from rag.prompts import NOT_IN_CORPUS
+
+KMMLU = (
+    "We propose KMMLU, a new Korean benchmark with 35,030 expert-level multiple-choice questions across 45 subjects. "
+    "KMMLU is collected from original Korean exams, capturing linguistic and cultural aspects of the Korean language. "
+    "We test 27 public and proprietary LLMs and observe the best public model to score 50.5%."
+)
+HCX = (
+    "We introduce HyperCLOVA X, a family of large language models tailored to the Korean language and culture. "
+    "HyperCLOVA X was trained on a balanced mix of Korean, English, and code data, followed by instruction-tuning. "
+    "The model is evaluated on reasoning, knowledge, commonsense, factuality, coding, math, chatting and safety."
+)
+QUESTION = "How many questions does the KMMLU benchmark have, and what data was HyperCLOVA X trained on?"
+
+
+@pytest.fixture(scope="module")
+def scorer(embedder) -> SentenceScorer:
+    return SentenceScorer(embedder)
+
+
+@pytest.fixture(scope="module")
+def context(scorer) -> Context:
+    papers = []
+    for n, (paper_id, title, text) in enumerate([("kmmlu", "KMMLU", KMMLU), ("hcx", None, HCX)], start=1):
+        sentences = split_sentences(text)
+        papers.append(PaperContext(
+            n=n, paper_id=paper_id, title=title, label=title or "HyperCLOVA X", source=f"{paper_id}.txt", line=n * 10,
+            similarity=0.6, sentences=sentences, scores=score_sentences(QUESTION, sentences, scorer),
+            chosen=list(range(len(sentences))),
+        ))
+    return Context(question=QUESTION, papers=papers, messages=[], prompt_tokens=0, max_tokens=64)
+
+
+def test_marker_parsing():
+    assert marker_numbers("1") == [1]
+    assert marker_numbers("1, 2") == [1, 2]
+    assert marker_numbers("1-3") == [1, 2, 3]
+    assert marker_numbers("2 and 1") == [2, 1]
+    assert strip_markers("A claim [1][2]. Another [Passage 3].") == "A claim. Another."
+
+
+def test_supported_claim_keeps_its_citation_with_file_line_and_quote(context, scorer):
+    checked = check_answer("KMMLU has 35,030 expert-level multiple-choice questions [1].", context, scorer)
+    assert checked.text == "KMMLU has 35,030 expert-level multiple-choice questions [1]."
+    (citation,) = checked.citations
+    assert (citation.n, citation.paper_id, citation.source, citation.line) == (1, "kmmlu", "kmmlu.txt", 10)
+    assert "35,030" in citation.quote and 0 <= citation.score <= 1
+    assert not checked.unsupported
+
+
+def test_invented_marker_is_removed_and_the_right_one_attached(context, scorer):
+    checked = check_answer("KMMLU has 35,030 expert-level multiple-choice questions [7].", context, scorer)
+    assert "[7]" not in checked.text
+    assert [c.paper_id for c in checked.citations] == ["kmmlu"]
+    assert checked.text.endswith("[1].")
+
+
+def test_wrong_marker_moves_to_the_supporting_passage_and_is_renumbered(context, scorer):
+    checked = check_answer("HyperCLOVA X was trained on a mix of Korean, English, and code data [1].", context, scorer)
+    assert [c.paper_id for c in checked.citations] == ["hcx"]
+    assert checked.citations[0].n == 1 and checked.text.endswith("[1].")
+    assert "code data" in checked.citations[0].quote
+
+
+def test_citations_are_renumbered_in_order_of_first_use(context, scorer):
+    raw = (
+        "HyperCLOVA X was trained on Korean, English, and code data [2]. "
+        "KMMLU has 35,030 expert-level questions [1]."
+    )
+    checked = check_answer(raw, context, scorer)
+    assert [(c.n, c.paper_id) for c in checked.citations] == [(1, "hcx"), (2, "kmmlu")]
+    assert checked.text == (
+        "HyperCLOVA X was trained on Korean, English, and code data [1]. KMMLU has 35,030 expert-level questions [2]."
+    )
+
+
+def test_one_sentence_citing_two_papers_keeps_both(context, scorer):
+    raw = "KMMLU has 35,030 expert-level questions [1], and HyperCLOVA X was trained on Korean, English, and code data [2]."
+    checked = check_answer(raw, context, scorer)
+    assert [c.paper_id for c in checked.citations] == ["kmmlu", "hcx"]
+
+
+def test_unsupported_and_invented_claims_are_not_shown_as_cited(context, scorer):
+    raw = (
+        "KMMLU has 35,030 expert-level questions [1]. "
+        "The moon is made of green cheese and orbits Jupiter [1]. "
+        "KMMLU has 99,999 questions [1]. "
+        "HyperCLOVA X was built by GPT-9 Labs [2]."
+    )
+    checked = check_answer(raw, context, scorer)
+    assert checked.text == "KMMLU has 35,030 expert-level questions [1]."
+    assert len(checked.unsupported) == 3
+    assert all("[" not in s for s in checked.unsupported)
+    assert [c.paper_id for c in checked.citations] == ["kmmlu"]
+
+
+def test_model_abstention_is_detected_and_not_cited(context, scorer):
+    checked = check_answer(NOT_IN_CORPUS, context, scorer)
+    assert checked.model_abstained and not checked.text and not checked.citations
+
+
+def test_passage_tags_echoed_by_the_model_are_dropped(context, scorer):
+    checked = check_answer("<passage id=1> KMMLU has 35,030 expert-level questions [1]. </passage>", context, scorer)
+    assert "<passage" not in checked.text and checked.citations
+
+
+def test_new_facts_tells_an_answer_from_a_restatement():
+    question = "How many questions does the KMMLU benchmark have?"
+    assert new_facts("KMMLU has 35,030 questions [1].", question) == {"35030"}
+    assert new_facts("The KMMLU benchmark has questions [1].", question) == set()
+    assert "LangBridge" in new_facts("The approach is LangBridge [1].", "What zero-shot approach bridges models?")
+
+
+def test_grounded_fallback_quotes_the_best_sentence_and_passes_the_check(context, scorer):
+    single = Context(question="How many questions does KMMLU have?", papers=context.papers[:1], messages=[],
+                     prompt_tokens=0, max_tokens=64)
+    text = grounded_fallback(single, multi=False)
+    assert "35,030" in text and text.endswith("[1].")
+    checked = check_answer(text, single, scorer)
+    assert checked.citations and checked.citations[0].paper_id == "kmmlu"
+
+
+def test_fallback_for_a_multi_paper_question_cites_each_paper(context, scorer):
+    text = grounded_fallback(context, multi=True)
+    checked = check_answer(text, context, scorer)
+    assert {c.paper_id for c in checked.citations} == {"kmmlu", "hcx"}
