@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from rag import ui
+from rag import ui, ui_html
 from rag.config import Settings
 from rag.errors import QuestionError
 from rag.types import Answer, ChatTurn, Citation, IndexStatus, IngestSummary, Location, Passage, StreamEvent
@@ -131,50 +132,55 @@ def ask(cb: ui.ChatCallbacks, session: ui.ChatSession, question: str, **opts) ->
 # ------------------------------------------------------------------------------------------ formatting
 
 
+def test_html_module_does_not_import_gradio():
+    code = "import sys, rag.ui_html; assert 'gradio' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_esc_escapes_markup_and_template_syntax():
-    out = ui.esc(EVIL + "\nnext")
+    out = ui_html.esc(EVIL + "\nnext")
     no_raw_markup(out)
     assert "&lt;script&gt;" in out and "<br>" in out
 
 
 def test_highlight_marks_the_quote_across_whitespace():
-    out = ui.highlight("First sentence.  The   key result\nholds. Last <one>.", "The key result holds.")
+    out = ui_html.highlight("First sentence.  The   key result\nholds. Last <one>.", "The key result holds.")
     assert "<mark>The   key result<br>holds.</mark>" in out
     assert "&lt;one&gt;" in out
 
 
 def test_highlight_marks_each_sentence_of_a_split_quote():
     text = "Alpha is one. Beta is two. Gamma is three."
-    out = ui.highlight(text, "Alpha is one. Gamma is three.")
+    out = ui_html.highlight(text, "Alpha is one. Gamma is three.")
     assert out.count("<mark>") == 2 and "<mark>Beta" not in out
 
 
 def test_highlight_shows_a_quote_not_in_the_text_above_it():
-    out = ui.highlight("Some abstract.", "A <b>quote</b> from elsewhere.")
+    out = ui_html.highlight("Some abstract.", "A <b>quote</b> from elsewhere.")
     assert out.startswith('<blockquote class="rag-quote"><mark>A &lt;b&gt;quote')
     no_raw_markup(out)
 
 
 def test_excerpt_shows_the_quote_with_one_sentence_either_side():
     text = "One. Two. Three is <key>. Four. Five."
-    out = ui.highlight_excerpt(text, "Three is <key>.")
+    out = ui_html.highlight_excerpt(text, "Three is <key>.")
     assert out == "… Two. <mark>Three is &lt;key&gt;.</mark> Four. …"
-    assert ui.highlight_excerpt(text, "Not there.") is None
-    assert ui.highlight_excerpt("Only <one>.", "Only <one>.") == "<mark>Only &lt;one&gt;.</mark>"
+    assert ui_html.highlight_excerpt(text, "Not there.") is None
+    assert ui_html.highlight_excerpt("Only <one>.", "Only <one>.") == "<mark>Only &lt;one&gt;.</mark>"
 
 
 def test_sentences_left_out_of_the_answer_are_listed_as_unsupported():
     answer = answer_for("How sparse?", []).model_copy(
         update={"answer": "Sparse finetuning reaches 75% sparsity [1].", "unsupported": ["The moon is <b>cheese</b>."]}
     )
-    out = ui.render_answer(answer)
+    out = ui_html.render_answer(answer)
     assert "1 sentence left out" in out and '<span class="rag-unsupported">The moon is &lt;b&gt;cheese' in out
     assert "Dotted" not in out  # nothing unsupported inside the answer text itself
     no_raw_markup(out)
 
 
 def test_answer_has_markers_unsupported_marks_and_no_markup():
-    out = ui.render_answer(answer_for("How sparse?", []))
+    out = ui_html.render_answer(answer_for("How sparse?", []))
     assert re.search(r'<sup class="rag-cite" title="Sparse Fine-tuning &lt;b&gt;for&lt;/b&gt; LLMs">\[1\]</sup>', out)
     assert '<span class="rag-unsupported"' in out and "flies." in out
     assert "Searched for" not in out  # not rewritten
@@ -182,21 +188,21 @@ def test_answer_has_markers_unsupported_marks_and_no_markup():
 
 
 def test_rewritten_query_is_shown():
-    out = ui.render_answer(answer_for("And its speedups?", [ChatTurn(role="user", content="x")]))
+    out = ui_html.render_answer(answer_for("And its speedups?", [ChatTurn(role="user", content="x")]))
     assert "Searched for" in out and "And its speedups? (sparse finetuning)" in out
 
 
 def test_abstention_is_shown_as_such_with_the_nearest_passages():
     answer = answer_for("Who went to the moon?", [])
-    out = ui.render_answer(answer)
+    out = ui_html.render_answer(answer)
     assert "Not in the corpus" in out and NOT_IN_CORPUS in out and "2 nearest passages" in out
-    panel = ui.render_sources(answer)
+    panel = ui_html.render_sources(answer)
     assert "Nearest passages" in panel and panel.count('class="rag-card"') == 2
     no_raw_markup(panel)
 
 
 def test_sources_panel_shows_each_cited_paper_with_its_quote():
-    panel = ui.render_sources(answer_for("How sparse?", []))
+    panel = ui_html.render_sources(answer_for("How sparse?", []))
     assert panel.count("rag-card rag-cited") == 1
     assert "Sparse Fine-tuning &lt;b&gt;for&lt;/b&gt; LLMs" in panel
     assert "001_x.txt:10" in panel and "+1 more" in panel and "Oct 10, 2023" in panel and "support 0.83" in panel
@@ -208,13 +214,13 @@ def test_untitled_paper_shows_its_first_words():
     untitled = Answer(question="q", standalone_question="q", answer="EXAONE is open [1].", abstained=False,
                       citations=[Citation(n=1, source="001_x.txt", line=20, paper_id="exaone", quote="We introduce EXAONE 3.0",
                                           score=0.7)], passages=PASSAGES)
-    panel = ui.render_sources(untitled)
+    panel = ui_html.render_sources(untitled)
     assert "We introduce EXAONE 3.0, an instruction-tuned language model" in panel and "(untitled)" in panel
     no_raw_markup(panel)
 
 
 def test_other_passages_are_the_uncited_ones():
-    out = ui.render_other_passages(answer_for("How sparse?", []))
+    out = ui_html.render_other_passages(answer_for("How sparse?", []))
     assert "EXAONE" in out and "Sparse Fine-tuning" not in out
     no_raw_markup(out)
 
@@ -222,9 +228,9 @@ def test_other_passages_are_the_uncited_ones():
 def test_index_status_and_missing_index():
     status = IndexStatus(papers=150, chunks=291, embedder="all-MiniLM-L6-v2", chunking="v1", fingerprint="abc",
                          last_ingest="2025-01-01T00:00:00+00:00")
-    out = ui.render_index_status(status)
+    out = ui_html.render_index_status(status)
     assert "150" in out and "291" in out and "all-MiniLM-L6-v2" in out and "2025-01-01" in out
-    assert "run `rag ingest` first" in ui.render_index_status(None, "no index at X: run `rag ingest` first")
+    assert "run `rag ingest` first" in ui_html.render_index_status(None, "no index at X: run `rag ingest` first")
 
 
 # ------------------------------------------------------------------------------------------ callbacks
