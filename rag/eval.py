@@ -135,6 +135,7 @@ class EvalReport(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict, description="Retrieval, chunking, answer and llm settings used.")
     seconds: float = 0.0
     splits: dict[str, SplitReport] = Field(description="'tune', 'holdout' and 'all' (only those with questions).")
+    kinds: dict[str, SplitReport] = Field(default_factory=dict, description="The same metrics per question kind (all splits).")
     questions: list[QuestionResult]
 
 
@@ -409,6 +410,16 @@ def evaluate(
         for name, group in groups.items()
         if group
     }
+    kinds = {
+        kind: SplitReport(
+            split="all",
+            questions=len(group),
+            retrieval=retrieval_metrics(group),
+            answers=None if retrieval_only else answer_metrics(group),
+        )
+        for kind in sorted({r.kind for r in rows})
+        for group in [[r for r in rows if r.kind == kind]]
+    }
     return EvalReport(
         qa_path=str(qa_path),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -420,6 +431,7 @@ def evaluate(
         settings=settings.model_dump(mode="json", include={"retrieval", "chunking", "answer", "llm", "model"}),
         seconds=round(time.perf_counter() - started, 3),
         splits=splits,
+        kinds=kinds,
         questions=rows,
     )
 
@@ -472,6 +484,13 @@ def format_report(report: EvalReport) -> str:
     width = max(len(label) for label, _ in lines)
     out = [f"{'':<{width}}  " + "  ".join(f"{n:>8}" for n in names)]
     out += [f"{label:<{width}}  " + "  ".join(f"{v:>8}" for v in values) for label, values in lines]
+    if not report.retrieval_only and report.kinds:
+        by_kind = ", ".join(
+            f"{kind} {_fmt(k.answers.abstention_rate if kind == 'unanswerable' else k.answers.accuracy)} ({k.questions})"
+            for kind, k in report.kinds.items()
+            if k.answers
+        )
+        out.append(f"by kind (accuracy; unanswerable: abstention): {by_kind}")
     missed = [r.id for r in report.questions if r.answerable and r.hit_rank is None]
     failed = [r.id for r in report.questions if r.passed is False]
     if missed:

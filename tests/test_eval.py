@@ -244,6 +244,9 @@ def test_evaluate_answers_go_through_run_batch(ingested_settings, retriever, sma
     assert a.accuracy == 1 / 4 and a.citation_precision == 1.0 and a.citation_recall == 1.0
     assert a.abstention_rate == 1.0 and a.false_abstention_rate == 3 / 4
     assert a.first_token_p50_s == 0.4 and a.errors == 0
+    assert report.kinds["unanswerable"].answers.abstention_rate == 1.0
+    assert report.kinds["multi"].retrieval.multi_papers_at_5 == 1.0
+    assert "by kind" in format_report(report)
 
 
 def test_eval_command(ingested_settings, retriever, small_qa, tmp_path, monkeypatch):
