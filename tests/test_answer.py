@@ -1,0 +1,201 @@
+"""The Assistant end to end: the real index and the real default model, plus a scripted model for the logic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from rag.answer import NOT_IN_CORPUS, Assistant, standalone_question
+from rag.config import AnswerSettings, LLMSettings
+from rag.errors import QuestionError
+from rag.llm import GenerationEvent, GenerationStats
+from rag.types import ChatTurn, ModelInfo
+
+KMMLU_Q = "How many expert-level multiple-choice questions does the KMMLU Korean benchmark contain?"
+KMMLU_SOURCE = ("003_ce4bc02b0d96118d.txt", 4)
+
+
+class ScriptedLLM:
+    """A ChatModel that 'generates' a fixed text, word by word, and records every prompt it is given."""
+
+    def __init__(self, script: str = "", n_ctx: int = 2048):
+        self.script = script
+        self.n_ctx = n_ctx
+        self.calls: list[list[dict[str, str]]] = []
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(name="scripted.gguf", sha256="0" * 64)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def count_chat_tokens(self, messages: Sequence[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+    def stream_chat(self, messages, *, max_tokens: int, temperature: float = 0.0) -> Iterator[GenerationEvent]:
+        self.calls.append(list(messages))
+        words = self.script.split(" ")
+        for i, word in enumerate(words):
+            yield GenerationEvent(text=word if i == 0 else " " + word)
+        yield GenerationEvent(done=True, stats=GenerationStats(prompt_tokens=self.count_chat_tokens(messages),
+                                                               completion_tokens=len(words), first_token_s=0.0))
+
+
+class ForbiddenLLM(ScriptedLLM):
+    def stream_chat(self, messages, *, max_tokens: int, temperature: float = 0.0):
+        raise AssertionError("the model must not be called when abstaining")
+
+
+@pytest.fixture(scope="module")
+def assistant(ingested_settings, retriever) -> Assistant:
+    """The real default model (SmolLM2-135M) on the real index."""
+    return Assistant(ingested_settings, retriever=retriever)
+
+
+def _scripted(ingested_settings, retriever, script: str) -> tuple[Assistant, ScriptedLLM]:
+    llm = ScriptedLLM(script)
+    return Assistant(ingested_settings, retriever=retriever, llm=llm), llm
+
+
+# -- follow-ups (no model)
+
+
+def test_standalone_question_names_what_the_conversation_is_about():
+    history = [
+        ChatTurn(role="user", content="What is Generative Context Distillation (GCD)?"),
+        ChatTurn(role="assistant", content="GCD is a prompt internalization method [1]."),
+    ]
+    rewritten = standalone_question("and which dataset did they use?", history)
+    assert rewritten.startswith("Which dataset did they use")
+    assert "Generative Context Distillation" in rewritten and "GCD" in rewritten
+    assert standalone_question("How many questions does KMMLU have?", history) == "How many questions does KMMLU have?"
+    assert standalone_question("and which dataset did they use?", []) == "and which dataset did they use?"
+
+
+# -- input validation
+
+
+def test_empty_or_overlong_question_is_a_question_error(ingested_settings, retriever):
+    assistant, llm = _scripted(ingested_settings, retriever, "x")
+    for bad in ("", "   \n"):
+        with pytest.raises(QuestionError, match="empty"):
+            assistant.ask(bad)
+    with pytest.raises(QuestionError, match="limit"):
+        assistant.ask("why " * 1000)
+    assert not llm.calls
+
+
+# -- abstention (no model call)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What oven temperature and proofing time work best for baking sourdough bread?",
+        "How many GPUs were used to train the NV-Embed generalist embedding model?",
+    ],
+)
+def test_unanswerable_question_abstains_without_calling_the_model(ingested_settings, retriever, question):
+    assistant = Assistant(ingested_settings, retriever=retriever, llm=ForbiddenLLM())
+    answer = assistant.ask(question)
+    assert answer.abstained and answer.answer == NOT_IN_CORPUS
+    assert not answer.citations and answer.passages  # the nearest passages are still shown
+    assert answer.timings.first_token_s is None and answer.timings.prompt_tokens == 0
+
+
+# -- citation logic with a scripted model
+
+
+def test_invented_markers_are_removed_and_unsupported_sentences_kept_apart(ingested_settings, retriever):
+    assistant, llm = _scripted(
+        ingested_settings, retriever,
+        "KMMLU contains 35,030 expert-level multiple-choice questions [1]. It was written by aliens on Mars [3].",
+    )
+    answer = assistant.ask(KMMLU_Q)
+    assert len(llm.calls) == 1
+    assert not answer.abstained
+    assert "[3]" not in answer.answer and "aliens" not in answer.answer
+    assert any("aliens" in s for s in answer.unsupported)
+    assert "35,030" in answer.answer
+    assert [(c.source, c.line) for c in answer.citations] == [KMMLU_SOURCE]
+    assert answer.citations[0].n == 1 and "35,030" in answer.citations[0].quote
+
+
+def test_a_restating_or_empty_generation_falls_back_to_a_grounded_quote(ingested_settings, retriever):
+    for script in ("", "The KMMLU Korean benchmark contains expert-level multiple-choice questions."):
+        assistant, _ = _scripted(ingested_settings, retriever, script)
+        answer = assistant.ask(KMMLU_Q)
+        assert "35,030" in answer.answer and not answer.abstained
+        assert [(c.source, c.line) for c in answer.citations] == [KMMLU_SOURCE]
+
+
+def test_the_prompt_puts_fixed_instructions_first_and_passages_as_data(ingested_settings, retriever):
+    assistant, llm = _scripted(ingested_settings, retriever, "KMMLU has 35,030 questions [1].")
+    assistant.ask(KMMLU_Q)
+    system, user = llm.calls[0]
+    assert system["role"] == "system" and NOT_IN_CORPUS in system["content"]
+    assert "<passage id=1>" in user["content"] and user["content"].rstrip().endswith(KMMLU_Q)
+    assistant.ask("What is the KMMLU benchmark collected from?")
+    assert llm.calls[1][0] == system  # identical prefix: llama.cpp reuses its KV cache
+
+
+def test_a_multi_paper_question_cites_each_paper_used(ingested_settings, retriever):
+    assistant, _ = _scripted(ingested_settings, retriever, "")
+    answer = assistant.ask("Which papers introduce large language models built specifically for the Korean language?")
+    assert not answer.abstained
+    assert len({c.paper_id for c in answer.citations}) >= 2
+    assert [c.n for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+
+
+def test_follow_up_is_rewritten_before_retrieval(ingested_settings, retriever):
+    assistant, _ = _scripted(ingested_settings, retriever, "")
+    history = [ChatTurn(role="user", content="What is the KMMLU benchmark?"), ChatTurn(role="assistant", content="A benchmark [1].")]
+    answer = assistant.ask("and how many questions does it have?", history=history)
+    assert "KMMLU" in answer.standalone_question
+    assert (answer.passages[0].source, answer.passages[0].line) == KMMLU_SOURCE
+
+
+# -- the real default model
+
+
+@pytest.mark.llm
+def test_answerable_question_gets_a_cited_answer_from_the_real_model(assistant):
+    events = list(assistant.stream(KMMLU_Q))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "query" and kinds[1] == "passages" and kinds[-1] == "done"
+    assert set(kinds[2:-1]) <= {"token"} and len(kinds) > 3
+    answer = events[-1].answer
+    assert not answer.abstained and answer.citations
+    assert "35,030" in answer.answer
+    assert all(f"[{c.n}]" in answer.answer for c in answer.citations)
+    assert (answer.citations[0].source, answer.citations[0].line) == KMMLU_SOURCE
+    passage_places = {(p.source, p.line) for p in answer.passages}
+    assert all((c.source, c.line) in passage_places for c in answer.citations)
+    assert answer.model.name.endswith(".gguf") and len(answer.model.sha256) == 64
+    assert answer.index and answer.prompt_version
+    t = answer.timings
+    assert t.prompt_tokens > 0 and t.completion_tokens > 0 and t.first_token_s is not None
+    assert 0 < t.retrieve_s <= t.first_token_s <= t.total_s
+
+
+@pytest.mark.llm
+def test_same_input_gives_the_same_answer(assistant):
+    question = "What success rate do prompted gpt-3.5 or gpt-4 agents reach on the compositional web tasks of CompWoB?"
+    first, second = assistant.ask(question), assistant.ask(question)
+    assert first.answer == second.answer
+    assert [c.model_dump() for c in first.citations] == [c.model_dump() for c in second.citations]
+
+
+@pytest.mark.llm
+def test_token_budget_holds_for_a_very_long_question_and_a_small_context(ingested_settings, retriever):
+    settings = ingested_settings.model_copy(update={
+        "llm": LLMSettings(n_ctx=512, max_tokens=192),
+        "answer": AnswerSettings(max_question_chars=100_000),
+    })
+    assistant = Assistant(settings, retriever=retriever)
+    answer = assistant.ask(KMMLU_Q + " Please be precise." * 20)
+    assert answer.timings.prompt_tokens + answer.timings.completion_tokens <= 512
+    assert answer.abstained or answer.citations
+    with pytest.raises(QuestionError, match="too long"):
+        assistant.ask("KMMLU " + "questions benchmark Korean " * 400)
