@@ -113,6 +113,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
         )
 
 
+def _checked_model_settings(ctx: click.Context, model: str | None) -> Settings:
+    """Settings whose model file exists and is a GGUF: fail before any question, not on each one."""
+    from rag.llm import check_gguf, resolve_model_path
+
+    settings = _settings(ctx, model=model)
+    check_gguf(resolve_model_path(settings.model, settings.models_dir))
+    return settings
+
+
 def _print_sources(answer) -> None:
     if answer.abstained:
         click.echo("\nNearest passages (not enough to answer):")
@@ -142,7 +151,7 @@ def ask(ctx: click.Context, question: str, k: int | None, model: str | None, as_
     """Answer a question from the corpus, streaming, then list the cited sources with file:line."""
     from rag.answer import Assistant
 
-    assistant = Assistant(_settings(ctx, model=model))
+    assistant = Assistant(_checked_model_settings(ctx, model))
     if as_json:
         click.echo(assistant.ask(question, k=k).model_dump_json(indent=2))
         return
@@ -179,7 +188,7 @@ def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, mod
     from rag.answer import Assistant
     from rag.batch import run_batch
 
-    assistant = Assistant(_settings(ctx, model=model))
+    assistant = Assistant(_checked_model_settings(ctx, model))
     counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
     click.echo(
         f"{counts['answered']} answered, {counts['errors']} errors, {counts['skipped']} already done "
