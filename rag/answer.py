@@ -214,11 +214,29 @@ class Assistant:
         raw = "".join(pieces).strip()
 
         checked = check_answer(raw, context, self.scorer)
+        multi = is_multi_paper_question(standalone)
         if not checked.text or not new_facts(checked.text, standalone):
             logger.info("the model's answer %r has no supported sentence that adds to the question: quoting", raw[:200])
-            fallback = check_answer(grounded_fallback(context, is_multi_paper_question(standalone)), context, self.scorer)
+            fallback = check_answer(grounded_fallback(context, multi), context, self.scorer)
             fallback.unsupported = checked.unsupported
             checked = fallback
+        elif not multi and context.papers:
+            # A 135M model often paraphrases loosely or picks the wrong figure: when its answer leaves out the names or
+            # numbers of the most relevant passage sentence, that sentence is quoted after it, cited.
+            evidence = grounded_fallback(context, multi=False, papers=[context.papers[0].n], sentences=1)
+            if not new_facts(evidence, standalone) <= new_facts(checked.text, standalone):
+                unsupported = checked.unsupported
+                checked = check_answer(f"{raw}\n{evidence}", context, self.scorer)
+                checked.unsupported = unsupported
+        elif multi:
+            # A question about several papers cites each paper of the context: quote the ones the model left out.
+            cited = {c.paper_id for c in checked.citations}
+            missing = [p.n for p in context.papers if p.paper_id not in cited]
+            if missing:
+                raw = f"{raw}\n{grounded_fallback(context, multi, papers=missing)}"
+                unsupported = checked.unsupported
+                checked = check_answer(raw, context, self.scorer)
+                checked.unsupported = unsupported
         timings.total_s = round(time.perf_counter() - started, 4)
         answer = Answer(
             answer=checked.text or NOT_IN_CORPUS,

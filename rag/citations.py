@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rag.context import Context, PaperContext, SentenceScorer, question_names, split_sentences, terms
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 CITE_THRESHOLD = 0.5  # support a cited passage must give a sentence for its marker to stay
 ATTACH_THRESHOLD = 0.6  # support a passage must give an unmarked sentence to be cited for it
 RELEVANT_SENTENCES = 2  # a number in a claim must occur in one of the paper's this-many most question-relevant sentences
+MIN_CLAIM_TERMS = 2  # shorter "sentences" are fragments, dropped
+FALLBACK_SENTENCES = 2  # sentences quoted per paper by the grounded fallback
 COSINE_WEIGHT = 0.5  # support = COSINE_WEIGHT * cosine + (1 - COSINE_WEIGHT) * term overlap
 
 _MARKER = re.compile(
@@ -137,8 +140,8 @@ def check_answer(raw: str, context: Context, scorer: SentenceScorer) -> CheckedA
 
     for sentence in split_sentences(text):
         claim = strip_markers(sentence)
-        if len(terms(claim)) == 0 or _ABSTAIN.search(claim):
-            continue
+        if len(terms(claim)) < MIN_CLAIM_TERMS or _ABSTAIN.search(claim):
+            continue  # a fragment ("2 [1].", "EmotionPrompt:") or the model's own abstention: not a claim
         key = claim.lower()
         if key in seen_claims:
             continue
@@ -221,24 +224,47 @@ def new_facts(text: str, question: str) -> set[str]:
     return found
 
 
+_INTRODUCES = re.compile(
+    r"\b(?:we|this (?:paper|work|study))\s+(?:\w+\s+)?(?:propose|introduce|present|build|construct|release|develop|create|curate)\w*"
+    r"|\b(?:called|named|dubbed|termed)\b",
+    re.IGNORECASE,
+)
+_NAMED_THING = re.compile(
+    r"\b(?:what|which)\b(?:\s+[\w\-]+){0,6}?\s+(?:method|framework|approach|dataset|benchmark|model|algorithm|"
+    r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:work|paper)\b",
+    re.IGNORECASE,
+)
 _COMMON = frozenset("the this these those our we in on for to a an it its their they however our as while by with".split())
 
 
-def grounded_fallback(context: Context, multi: bool) -> str:
-    """An extractive answer, used when the model's answer has no supported sentence that adds anything: per paper
-    (the best one, or each for multi-paper questions) its most relevant sentence, plus the best sentence that
-    names or quantifies something the question does not, and the title when only the title names the work."""
-    papers = context.papers if multi else context.papers[:1]
+def grounded_fallback(
+    context: Context, multi: bool, papers: Sequence[int] | None = None, sentences: int = FALLBACK_SENTENCES
+) -> str:
+    """An extractive answer, used when the model's answer has no supported sentence that adds anything (and, for a
+    multi-paper question, for each paper the model left out). Per paper: its most relevant sentences in their
+    original order, making sure one of them names or quantifies something the question does not; the title
+    leads when the paper has one and the quote alone names nothing new (or several papers are listed)."""
+    chosen_papers = [p for p in context.papers if papers is None or p.n in papers]
+    if papers is None and not multi:
+        chosen_papers = chosen_papers[:1]
+    asks_for_a_name = bool(_NAMED_THING.search(context.question))
     parts = []
-    for paper in papers:
+    for paper in chosen_papers:
         if not paper.sentences:
             continue
         ranked = sorted(range(len(paper.sentences)), key=lambda i: -paper.scores[i])
-        chosen = [ranked[0]]
-        if not new_facts(paper.sentences[ranked[0]], context.question):
+        chosen = ranked[:sentences]
+        if not any(new_facts(paper.sentences[i], context.question) for i in chosen):
             top = paper.scores[ranked[0]]
-            bearing = [i for i in ranked[1:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
-            chosen.extend(bearing[:1])
+            bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
+            chosen = chosen[:1] + bearing[:1] if bearing else chosen
+        if asks_for_a_name and not any(_INTRODUCES.search(paper.sentences[i]) for i in chosen):
+            # "What method/dataset ...?": quote the sentence where the paper introduces its named contribution.
+            naming = [
+                i for i in ranked
+                if i not in chosen and _INTRODUCES.search(paper.sentences[i]) and new_facts(paper.sentences[i], context.question)
+            ]
+            chosen = chosen + naming[:1]
         text = " ".join(paper.sentences[i] for i in sorted(chosen))
         match = re.search(r"[.!?]+$", text)
         body, end = (text[: match.start()], match.group(0)) if match else (text, ".")

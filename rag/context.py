@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 LEXICAL_WEIGHT = 0.35  # weight of question-term overlap next to cosine similarity in sentence scores
 PAPER_MARGIN = 0.12  # a paper after the first joins the context if its best sentence scores within this of the top
-MULTI_PAPER_MARGIN = 0.3  # the same for questions that ask for several papers
+MULTI_PAPER_MARGIN = 0.05  # a third paper joins a multi-paper question's two best if it scores within this of the second
 PASSAGE_OVERHEAD = 24  # estimated tokens of a <passage id=n> block's tags and title line
 MIN_ANSWER_TOKENS = 48  # max_tokens is never shrunk below this to make room for passages
 
@@ -215,12 +215,15 @@ def select_papers(question: str, passages: Sequence[Passage], scorer: SentenceSc
         )
     if not papers:
         return []
-    multi = is_multi_paper_question(question)
-    margin = MULTI_PAPER_MARGIN if multi else PAPER_MARGIN
-    top = max(p.best_score for p in papers)
-    # The retriever's best paper always stays; others join when their best sentence is nearly as relevant.
-    kept = [papers[0]] + [p for p in papers[1:] if p.best_score >= top - margin]
-    kept = kept[: settings.answer.context_papers if multi else min(2, settings.answer.context_papers)]
+    if is_multi_paper_question(question):
+        # Several papers are asked for: the two whose best sentences are most relevant, and any close third.
+        ranked = sorted(papers, key=lambda p: -p.best_score)
+        kept = ranked[:2] + [p for p in ranked[2:] if len(ranked) > 1 and p.best_score >= ranked[1].best_score - MULTI_PAPER_MARGIN]
+    else:
+        # The retriever's best paper always stays; another joins when its best sentence is nearly as relevant.
+        top = max(p.best_score for p in papers)
+        kept = [papers[0]] + [p for p in papers[1:] if p.best_score >= top - PAPER_MARGIN]
+        kept = kept[:2]
     for n, paper in enumerate(kept, start=1):
         paper.n = n
     return kept
