@@ -60,7 +60,13 @@ class RetrievalSettings(BaseModel):
     )
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant (larger flattens ranks).")
     dense_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Weight of the dense ranking in the fusion.")
-    lexical_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Weight of the BM25 ranking in the fusion.")
+    lexical_weight: float = Field(
+        default=0.75,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the BM25 ranking in the fusion (0.75 against dense 1.0: best on the tune split of "
+        "eval/qa_dev.jsonl, see benchmarks/results/tuning.json).",
+    )
 
 
 class LLMSettings(BaseModel):
