@@ -187,7 +187,7 @@ def bench_generation(settings: Settings, retriever, questions: list[str]) -> dic
     import llama_cpp
 
     from rag.answer import Assistant
-    from rag.llm import LocalLLM
+    from rag.llm import LocalLLM, llama_arguments
 
     recorder = RecordingLLM(LocalLLM(settings))
     assistant = Assistant(settings, retriever=retriever, llm=recorder)
@@ -198,17 +198,7 @@ def bench_generation(settings: Settings, retriever, questions: list[str]) -> dic
 
     cfg = settings.llm
     started = time.perf_counter()
-    raw = llama_cpp.Llama(
-        model_path=str(recorder.inner.path),
-        n_ctx=cfg.n_ctx,
-        n_threads=cfg.n_threads,
-        n_threads_batch=cfg.n_threads,
-        n_batch=min(cfg.n_batch, cfg.n_ctx),
-        n_ubatch=min(cfg.n_batch, cfg.n_ctx),
-        seed=cfg.seed,
-        n_gpu_layers=0,
-        verbose=False,
-    )
+    raw = llama_cpp.Llama(**llama_arguments(cfg, recorder.inner.path))  # the pipeline's exact arguments
     raw_load = time.perf_counter() - started
 
     def raw_stream(call: dict[str, Any]) -> dict[str, Any]:

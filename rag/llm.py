@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rag.config import Settings
+from rag.config import LLMSettings, Settings
 from rag.errors import ModelError, QuestionError
 from rag.types import ModelInfo
 
@@ -179,6 +179,21 @@ def _llama_cpp_version() -> str:
 # ---------------------------------------------------------------------------------------- generation
 
 
+def llama_arguments(cfg: LLMSettings, path: Path) -> dict[str, Any]:
+    """Every argument given to llama_cpp.Llama: explicit, never llama.cpp's defaults (n_ctx 512, verbose)."""
+    return {
+        "model_path": str(path),
+        "n_ctx": cfg.n_ctx,
+        "n_threads": cfg.n_threads,
+        "n_threads_batch": cfg.n_threads,
+        "n_batch": min(cfg.n_batch, cfg.n_ctx),
+        "n_ubatch": min(cfg.n_batch, cfg.n_ctx),
+        "seed": cfg.seed,
+        "n_gpu_layers": 0,
+        "verbose": False,
+    }
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
@@ -266,17 +281,7 @@ class LocalLLM:
                 logger.info("loading model %s (n_ctx=%d, threads=%d)", path, cfg.n_ctx, cfg.n_threads)
                 started = time.perf_counter()
                 try:
-                    llama = Llama(
-                        model_path=str(path),
-                        n_ctx=cfg.n_ctx,
-                        n_threads=cfg.n_threads,
-                        n_threads_batch=cfg.n_threads,
-                        n_batch=min(cfg.n_batch, cfg.n_ctx),
-                        n_ubatch=min(cfg.n_batch, cfg.n_ctx),
-                        seed=cfg.seed,
-                        n_gpu_layers=0,
-                        verbose=False,
-                    )
+                    llama = Llama(**llama_arguments(cfg, path))
                 except Exception as e:  # noqa: BLE001 - llama.cpp reports every load failure as a bare error
                     arch = gguf_architecture(path)
                     version = _llama_cpp_version()
