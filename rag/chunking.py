@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from rag.config import ChunkingSettings
+from rag.sentences import split_sentences
 from rag.types import Chunk, Paper
-
-# A sentence ends at . ! or ? followed by space and an upper-case letter, digit or opening bracket/quote.
-# Abbreviations common in abstracts (e.g., i.e., et al., vs.) are not sentence ends.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
-_NO_SPLIT_AFTER = re.compile(r"(?:\be\.g|\bi\.e|\bet al|\bvs|\bcf|\bFig|\bEq|\bSec|\bNo|\bapprox|\bresp)\.$", re.I)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split text into sentences without breaking on common abbreviations or decimals."""
-    pieces = _SENTENCE_END.split(text.strip())
-    sentences: list[str] = []
-    for piece in pieces:
-        if sentences and _NO_SPLIT_AFTER.search(sentences[-1]):
-            sentences[-1] = f"{sentences[-1]} {piece}"
-        elif piece:
-            sentences.append(piece)
-    return sentences
 
 
 def _word_count(text: str) -> int:

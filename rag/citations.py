@@ -16,7 +16,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rag.context import Context, PaperContext, SentenceScorer, question_names, split_sentences, terms
+from rag.context import Context, PaperContext, SentenceScorer, question_names, terms
+from rag.sentences import split_sentences
 from rag.prompts import NOT_IN_CORPUS
 from rag.types import Citation
 

@@ -21,6 +21,7 @@ from rag.config import Settings
 from rag.errors import QuestionError
 from rag.llm import ChatModel, Message
 from rag.prompts import NOT_IN_CORPUS, Prompts, neutralise
+from rag.sentences import split_sentences
 from rag.types import Passage
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,6 @@ MIN_ANSWER_TOKENS = 48  # max_tokens is never shrunk below this to make room for
 
 # ------------------------------------------------------------------------------------------ text utils
 
-_ABBREVIATIONS = {
-    "e.g", "i.e", "et al", "al", "vs", "fig", "figs", "eq", "eqs", "cf", "resp", "approx", "no", "nos",
-    "sec", "ref", "refs", "dr", "mr", "ms", "prof", "st", "jr", "inc", "ltd", "co", "etc.,", "ca",
-}
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-_LEADING_MARKERS = re.compile(r"^(?:\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\])+(?:\s*[.!?](?=\s|$))?")
 _MULTI = re.compile(r"\b(papers|works|studies|articles)\b", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[.,'\-/][A-Za-z0-9]+)*%?")
 _STOPWORDS = frozenset(
@@ -50,35 +45,6 @@ _STOPWORDS = frozenset(
     papers work works study propose proposed proposes introduce introduced introduces present presents approach
     method methods model models new show shows shown well one two while whether without within between through""".split()
 )
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split prose into sentences; abbreviations (e.g., et al., Fig.) and initials do not end one.
-
-    A run of citation markers after a full stop ("... 75%. [1]") stays with the sentence before it.
-    """
-    text = " ".join(text.split())
-    if not text:
-        return []
-    sentences: list[str] = []
-    start = 0
-    for match in _BOUNDARY.finditer(text):
-        before = text[start : match.start()].rstrip("\"')]")
-        last_word = before.rsplit(" ", 1)[-1].rstrip(".!?").lower()
-        if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
-            continue
-        sentences.append(text[start : match.start()].strip())
-        start = match.end()
-    sentences.append(text[start:].strip())
-    merged: list[str] = []
-    for sentence in sentences:
-        lead = _LEADING_MARKERS.match(sentence)
-        if merged and lead:
-            merged[-1] = f"{merged[-1]} {lead.group(0).strip()}"
-            sentence = sentence[lead.end() :].strip()
-        if sentence:
-            merged.append(sentence)
-    return merged
 
 
 @lru_cache(maxsize=1)

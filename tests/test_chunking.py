@@ -1,4 +1,5 @@
-from rag.chunking import chunk_paper, chunk_papers, chunking_signature, split_sentences
+from rag.chunking import chunk_paper, chunk_papers, chunking_signature
+from rag.sentences import split_sentences
 from rag.config import ChunkingSettings, Settings
 from rag.corpus import load_corpus, paper_id_for
 from rag.types import Location, Paper

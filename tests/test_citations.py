@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rag.citations import check_answer, grounded_fallback, marker_numbers, new_facts, strip_markers
-from rag.context import Context, PaperContext, SentenceScorer, score_sentences, split_sentences
+from rag.context import Context, PaperContext, SentenceScorer, score_sentences
+from rag.sentences import split_sentences
 from rag.prompts import NOT_IN_CORPUS
 
 KMMLU = (
