@@ -248,8 +248,13 @@ class ChatCallbacks:
         session.streaming = False
         return list(session.messages), session, render_sources(answer), render_other_passages(answer)
 
-    def finished(self, session: ChatSession) -> tuple[Any, Any]:
-        return _buttons(session.streaming)
+    def finished(self, session: ChatSession) -> tuple[Any, ...]:
+        """After an answer ended or was stopped: the chat as the server has it, and the Send button back.
+
+        Stop runs at the same time as the page cancels the answer, so a token update sent just before the
+        cancel can reach the page after Stop's "Stopped." note; this runs once the cancel is complete and
+        puts the note back."""
+        return session.messages, *_buttons(session.streaming)
 
     def stopped(self, session: ChatSession) -> tuple[Any, ...]:
         """After Stop: keep what was written, say it was stopped; the unfinished turn stays out of the history."""
@@ -425,18 +430,22 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
         start_args = dict(fn=cb.start, inputs=[question, session], outputs=[question, chatbot, session, pending, send, stop],
                           queue=False, **private)
         respond_args = dict(fn=cb.respond, inputs=[pending, session, *settings_inputs], outputs=[chatbot, session, sources, others],
-                            show_progress="hidden", concurrency_id="assistant", **private)
+                            show_progress="hidden", concurrency_id="assistant",
+                            # a stopped answer can leave the page believing its submission is still pending; with the
+                            # default trigger_mode "once" the next question would then never be sent (start() already
+                            # refuses a second question while one is being answered)
+                            trigger_mode="multiple", **private)
         running = []
         for trigger in (question.submit, send.click):
             event = trigger(**start_args).then(**respond_args)
             running.append(event)
-            event.then(cb.finished, inputs=[session], outputs=[send, stop], queue=False, **private)
+            event.then(cb.finished, inputs=[session], outputs=[chatbot, send, stop], queue=False, **private)
         example_event = (
             chatbot.example_select(cb.example, outputs=[question], queue=False, **private)
             .then(**start_args)
             .then(**respond_args)
         )
-        example_event.then(cb.finished, inputs=[session], outputs=[send, stop], queue=False, **private)
+        example_event.then(cb.finished, inputs=[session], outputs=[chatbot, send, stop], queue=False, **private)
         running.append(example_event)
 
         stop.click(cb.stopped, inputs=[session], outputs=[chatbot, session, send, stop], cancels=running, queue=False, **private)
