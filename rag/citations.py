@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 CITE_THRESHOLD = 0.5  # support a cited passage must give a sentence for its marker to stay
 ATTACH_THRESHOLD = 0.6  # support a passage must give an unmarked sentence to be cited for it
+MIN_QUOTE_CHARS = 30  # a claim equal to a paper sentence at least this long is a verbatim quote
 RELEVANT_SENTENCES = 2  # a number in a claim must occur in one of the paper's this-many most question-relevant sentences
 MIN_CLAIM_TERMS = 2  # shorter "sentences" are fragments, dropped
 FALLBACK_SENTENCES = 2  # sentences quoted per paper by the grounded fallback
@@ -35,6 +36,7 @@ _MARKER = re.compile(
 )
 _PASSAGE_TAG = re.compile(r"</?\s*passages?\b[^>]*>", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![A-Za-z0-9\-.])\d[\d,.]*\d|(?<![A-Za-z0-9\-.])\d")
+_LIST_LABEL = re.compile(r"(?:(?<=\s)|^)\(?\d\.?\)(?=\s)")
 _ABSTAIN = re.compile(r"(does not|doesn't|do not) contain (an|the) answer", re.IGNORECASE)
 
 
@@ -87,12 +89,17 @@ class SupportChecker:
         if not sentences or not claim.strip():
             return Support(0.0, 0.0, "")
         paper_text = " ".join(sentences)
+        quoted = _quoted_sentence(claim, sentences)
+        if quoted is not None:  # a verbatim quote (the grounded fallback's) supports itself, whatever its figures
+            cosine = float(self.scorer.similarity([claim], [sentences[quoted]])[0][0])
+            return Support(1.0, cosine, sentences[quoted])
         claim_numbers = _numbers(claim) - self.question_numbers
         if claim_numbers:
             # Numbers must come from the sentences that answer the question, not from elsewhere in the abstract:
             # a small model readily copies the wrong figure of the right paper.
             relevant = sorted(range(len(sentences)), key=lambda i: -paper.scores[i])[:RELEVANT_SENTENCES]
-            if claim_numbers - _numbers(" ".join([paper.title or "", *(sentences[i] for i in relevant)])):
+            evidence = " ".join([paper.title or "", *(sentences[i] for i in relevant)])
+            if claim_numbers - _numbers(_LIST_LABEL.sub(" ", evidence)):  # "1.)" or "(2)" labels a list: no figure
                 return Support(0.0, 0.0, "")
         known = f"{paper.title or ''} {paper_text} {self.question}".lower()
         if any(name.lower() not in known for name in question_names(claim)):
@@ -114,6 +121,20 @@ class SupportChecker:
         coverage = len(claim_terms & paper_terms) / len(claim_terms) if claim_terms else 0.0
         best.score = max(best.score, 0.8 * best.score + 0.2 * coverage)
         return best
+
+
+def _normalised(text: str) -> str:
+    return " ".join(strip_markers(text).lower().split()).rstrip(".!?:; ")
+
+
+def _quoted_sentence(claim: str, sentences: Sequence[str]) -> int | None:
+    """The index of the paper sentence the claim quotes whole (possibly after a title), if it does."""
+    said = _normalised(claim)
+    for i, sentence in enumerate(sentences):
+        quote = _normalised(sentence)
+        if len(quote) >= MIN_QUOTE_CHARS and (said == quote or said.endswith(": " + quote)):
+            return i
+    return None
 
 
 def _segments(sentence: str) -> list[tuple[str, list[int], tuple[int, int]]]:
@@ -226,15 +247,57 @@ def new_facts(text: str, question: str) -> set[str]:
 
 
 _INTRODUCES = re.compile(
-    r"\b(?:we|this (?:paper|work|study))\s+(?:\w+\s+)?(?:propose|introduce|present|build|construct|release|develop|create|curate)\w*"
+    r"\b(?:we|this (?:paper|work|study))\s+(?:\w+\s+)?(?:propose|introduce|present|build|construct|release|develop|create|curate|design)\w*"
     r"|\b(?:called|named|dubbed|termed)\b",
     re.IGNORECASE,
 )
 _NAMED_THING = re.compile(
     r"\b(?:what|which)\b(?:\s+[\w\-]+){0,6}?\s+(?:method|framework|approach|dataset|benchmark|model|algorithm|"
-    r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:work|paper)\b",
+    r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
     re.IGNORECASE,
 )
+# Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone ...?"
+_ASKS_FOR_WORK = re.compile(
+    r"^(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|can (?:a|an|one|we|"
+    r"several|multiple|small|large|chat|language)\b)",
+    re.IGNORECASE,
+)
+_ASKS_FOR_A_FIGURE = re.compile(
+    r"\bhow (?:many|much|large|big|small|fast|long|high|low|often|far)\b|\bwhat (?:\w+ ){0,3}?(?:percentage|share|"
+    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain)\b",
+    re.IGNORECASE,
+)
+# A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT").
+_COINED = re.compile(r"\(([A-Z][A-Za-z0-9\-]*[A-Z0-9][A-Za-z0-9\-]*)\)|\b([A-Za-z]+[A-Z0-9][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)\b")
+
+
+def _figures(text: str) -> set[str]:
+    """The numbers of a text that can answer "how many / how large": not years, not single-digit list labels."""
+    found = set()
+    for number in _numbers(text):
+        digits = number.rstrip("%xX")
+        if number != digits or "." in digits:
+            found.add(number)
+        elif digits.isdigit() and int(digits) >= 10 and not 1900 <= int(digits) <= 2100:
+            found.add(number)
+    return found
+
+
+def asks_for_a_work(question: str) -> bool:
+    """Whether the question asks which method, dataset or piece of work (so the answer should name it)."""
+    return bool(_NAMED_THING.search(question) or _ASKS_FOR_WORK.search(question.strip()))
+
+
+def _names_contribution(sentence: str, title: str | None) -> bool:
+    """Whether the sentence introduces something by a coined name (in brackets, or a name the title also has)."""
+    if not _INTRODUCES.search(sentence):
+        return False
+    for bracketed, word in _COINED.findall(sentence):
+        if bracketed or (title and word in title):
+            return True
+    return False
+
+
 _COMMON = frozenset("the this these those our we in on for to a an it its their they however our as while by with".split())
 
 
@@ -243,33 +306,45 @@ def grounded_fallback(
 ) -> str:
     """An extractive answer, used when the model's answer has no supported sentence that adds anything (and, for a
     multi-paper question, for each paper the model left out). Per paper: its most relevant sentences in their
-    original order, making sure one of them names or quantifies something the question does not; the title
-    leads when the paper has one and the quote alone names nothing new (or several papers are listed)."""
+    original order, making sure one of them names or quantifies something the question does not. A question
+    after a figure also gets the best sentence that gives one about something asked; a question after a method,
+    dataset or work gets the sentence where the paper names its contribution. The title leads when the paper
+    has one and the quote alone names nothing new, when a work is asked for, or when several papers are listed."""
     chosen_papers = [p for p in context.papers if papers is None or p.n in papers]
     if papers is None and not multi:
         chosen_papers = chosen_papers[:1]
-    asks_for_a_name = bool(_NAMED_THING.search(context.question))
+    asks_for_a_name = multi or asks_for_a_work(context.question)
+    asks_for_a_figure = bool(_ASKS_FOR_A_FIGURE.search(context.question))
+    question_numbers = _numbers(context.question)
     parts = []
     for paper in chosen_papers:
         if not paper.sentences:
             continue
         ranked = sorted(range(len(paper.sentences)), key=lambda i: -paper.scores[i])
         chosen = ranked[:sentences]
+        top = paper.scores[ranked[0]]
         if not any(new_facts(paper.sentences[i], context.question) for i in chosen):
-            top = paper.scores[ranked[0]]
             bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
             chosen = chosen[:1] + bearing[:1] if bearing else chosen
-        if asks_for_a_name and not any(_INTRODUCES.search(paper.sentences[i]) for i in chosen):
-            # "What method/dataset ...?": quote the sentence where the paper introduces its named contribution.
+        if asks_for_a_figure and not any(_figures(paper.sentences[i]) - question_numbers for i in chosen):
+            # "How large / how many ...?": the most relevant sentence that gives a figure about something asked.
+            asked = terms(context.question)
+            figures = [i for i in ranked if i not in chosen and _figures(paper.sentences[i]) - question_numbers
+                       and asked & terms(paper.sentences[i])]
+            chosen = chosen + figures[:1]
+        if asks_for_a_name and not any(_names_contribution(paper.sentences[i], paper.title) for i in chosen):
+            # "What method/dataset ...?", "Is there work on ...?": quote the sentence where the paper names what it
+            # contributes, preferring one that coins a name (an acronym in brackets, a name in the title).
             naming = [
                 i for i in ranked
                 if i not in chosen and _INTRODUCES.search(paper.sentences[i]) and new_facts(paper.sentences[i], context.question)
             ]
+            naming.sort(key=lambda i: not _names_contribution(paper.sentences[i], paper.title))
             chosen = chosen + naming[:1]
         text = " ".join(paper.sentences[i] for i in sorted(chosen))
         match = re.search(r"[.!?]+$", text)
         body, end = (text[: match.start()], match.group(0)) if match else (text, ".")
-        if paper.title and (multi or not new_facts(text, context.question)):
+        if paper.title and (asks_for_a_name or not new_facts(text, context.question)):
             parts.append(f"{paper.title} [{paper.n}]: {body}{end}")
         else:
             parts.append(f"{body} [{paper.n}]{end}")

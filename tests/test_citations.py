@@ -133,3 +133,65 @@ def test_fallback_for_a_multi_paper_question_cites_each_paper(context, scorer):
     text = grounded_fallback(context, multi=True)
     checked = check_answer(text, context, scorer)
     assert {c.paper_id for c in checked.citations} == {"kmmlu", "hcx"}
+
+
+def _one_paper(question: str, title: str | None, text: str, scorer) -> Context:
+    sentences = split_sentences(text)
+    paper = PaperContext(
+        n=1, paper_id="p", title=title, label=title or sentences[0][:40], source="p.txt", line=3, similarity=0.6,
+        sentences=sentences, scores=score_sentences(question, sentences, scorer), chosen=list(range(len(sentences))),
+    )
+    return Context(question=question, papers=[paper], messages=[], prompt_tokens=0, max_tokens=64)
+
+
+REWARD = (
+    "Reward models trained on multi-task data suffer from task disturbance and noisy preference labels. "
+    "To tackle these two challenges, we introduced the idea of Mixture-of-Experts into reward modelling. "
+    "We propose the Double-Layer MoE RM (DMoERM). "
+    "The outer layer routes each input to a task expert and the inner layer splits the task into capabilities."
+)
+
+
+def test_a_question_after_a_method_gets_the_sentence_that_names_it(scorer):
+    question = "What double-layer mixture-of-experts reward model copes with task disturbance and noisy labels?"
+    text = grounded_fallback(_one_paper(question, None, REWARD, scorer), multi=False)
+    assert "(DMoERM)" in text  # the sentence coining the name, not only the one that "introduced the idea"
+    titled = grounded_fallback(_one_paper(question, "DMoERM: Recipes of Mixture-of-Experts", REWARD, scorer), multi=False)
+    assert titled.startswith("DMoERM: Recipes of Mixture-of-Experts [1]: ")  # a work is asked for: its title leads
+
+
+def test_a_question_after_a_figure_gets_a_close_sentence_that_gives_one(scorer):
+    abstract = (
+        "We study the circuit discovered in Wang et al. (2022) for the IOI task and 1.) show that it reproduces on a "
+        "larger GPT2 model, and 2.) that it is reused for the Colored Objects task. "
+        "Both circuits share about a 78% overlap in in-circuit attention heads. "
+        "We further present an intervention experiment."
+    )
+    question = "How large is the overlap between the IOI and Colored Objects circuits in GPT2?"
+    text = grounded_fallback(_one_paper(question, None, abstract, scorer), multi=False, sentences=1)
+    assert "78%" in text  # years and list labels such as "2022" or "1.)" are not figures
+
+
+def test_what_counts_as_asking_for_a_work():
+    from rag.citations import asks_for_a_work
+
+    assert asks_for_a_work("Which papers initialize a target-task prompt from several source prompts?")
+    assert asks_for_a_work("Is there work on standardizing job titles from the skills listed in an ad?")
+    assert asks_for_a_work("What graph-structured dataset was introduced for image generation?")
+    assert not asks_for_a_work("How many questions does KMMLU contain?")
+    assert not asks_for_a_work("Why do reward models prefer long answers?")
+
+
+def test_a_list_label_is_no_figure_and_a_verbatim_quote_supports_itself(scorer):
+    abstract = (
+        "We study the circuit for the IOI task and 1.) show that it reproduces on a larger GPT2 model, and 2.) that it "
+        "is reused for the Colored Objects task. "
+        "Both circuits share about a 78% overlap in in-circuit attention heads. "
+        "We further present an intervention experiment."
+    )
+    question = "How large is the overlap between the IOI and Colored Objects circuits in GPT2?"
+    context = _one_paper(question, None, abstract, scorer)
+    invented = check_answer("The overlap between the IOI and Colored Objects circuits is 1 [1].", context, scorer)
+    assert not invented.citations and invented.unsupported  # "1.)" labels a list item: it is not a figure
+    quoted = check_answer("Both circuits share about a 78% overlap in in-circuit attention heads [1].", context, scorer)
+    assert [c.quote for c in quoted.citations] == ["Both circuits share about a 78% overlap in in-circuit attention heads."]
