@@ -22,6 +22,7 @@ from rag.context import SentenceScorer, build_context, is_multi_paper_question, 
 from rag.errors import ModelError, QuestionError
 from rag.llm import ChatModel, LocalLLM
 from rag.prompts import NOT_IN_CORPUS, Prompts
+from rag.sentences import split_sentences
 from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,7 +116,7 @@ class Assistant:
         retriever = self.retriever
         with self._init_lock:
             if self._scorer is None:
-                self._scorer = SentenceScorer(retriever.embedder)
+                self._scorer = SentenceScorer(retriever.embedder, cache_path=self.settings.sentence_vectors_path)
             return self._scorer
 
     def model_info(self) -> ModelInfo | None:
@@ -125,14 +126,35 @@ class Assistant:
             logger.warning("model info unavailable: %s", e)
             return None
 
-    def warm_up(self) -> None:
+    def warm_up(self, prefetch: bool = True) -> None:
         """Load the index, the embedder and the model, and run the fixed system prompt once so its KV cache is
-        ready: the first question then pays only for its own tokens."""
+        ready: the first question then pays only for its own tokens. With prefetch, also embed the corpus
+        sentences not on disk yet (see prefetch_sentences; the web app does that in the background)."""
         self.retriever.search("warm up", k=1)
         llm = self.llm
         system = self.prompts.render("answer_system", not_in_corpus=NOT_IN_CORPUS)
         for _ in llm.stream_chat([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], max_tokens=1):
             pass
+        if prefetch:
+            self.prefetch_sentences()
+
+    def prefetch_sentences(self) -> None:
+        """Embed every indexed abstract's sentences once and keep them on disk: a question's context then costs
+        no embedding (seconds the first time, milliseconds once the vectors are saved)."""
+        sentences = [s for abstract in self.retriever.abstracts() for s in split_sentences(abstract)]
+        started = time.perf_counter()
+        new = self.scorer.prefetch(sentences)
+        if new:
+            logger.info("embedded %d new corpus sentences in %.1fs", new, time.perf_counter() - started)
+        self.save_caches()
+
+    def save_caches(self) -> None:
+        """Persist what answering has learnt that is worth keeping (the sentence vectors)."""
+        if self._scorer is not None:
+            try:
+                self._scorer.save()
+            except OSError as e:  # a read-only data dir costs speed, never an answer
+                logger.warning("could not save the sentence vectors: %s", e)
 
     # -- answering
 

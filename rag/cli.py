@@ -154,6 +154,7 @@ def ask(ctx: click.Context, question: str, k: int | None, model: str | None, as_
     assistant = Assistant(_checked_model_settings(ctx, model))
     if as_json:
         click.echo(assistant.ask(question, k=k).model_dump_json(indent=2))
+        assistant.save_caches()
         return
     streamed, final = [], None
     for event in assistant.stream(question, k=k):
@@ -162,6 +163,7 @@ def ask(ctx: click.Context, question: str, k: int | None, model: str | None, as_
             click.echo(event.text, nl=False)
         elif event.kind == "done":
             final = event.answer
+    assistant.save_caches()  # the next question about these papers skips embedding their sentences
     if final is None:
         raise click.ClickException("the answer stream ended without an answer")
     if final.abstained:
@@ -189,7 +191,10 @@ def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, mod
     from rag.batch import run_batch
 
     assistant = Assistant(_checked_model_settings(ctx, model))
-    counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
+    try:
+        counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
+    finally:
+        assistant.save_caches()
     click.echo(
         f"{counts['answered']} answered, {counts['errors']} errors, {counts['skipped']} already done "
         f"(of {counts['total']}) -> {output}",

@@ -134,3 +134,8 @@ class Settings(BaseSettings):
     @property
     def chroma_dir(self) -> Path:
         return self.data_dir / "chroma"
+
+    @property
+    def sentence_vectors_path(self) -> Path:
+        """Cached embeddings of the corpus sentences (disposable: rebuilt when missing)."""
+        return self.data_dir / "sentence_vectors.npz"

@@ -94,6 +94,11 @@ class Retriever:
     def fingerprint(self) -> str:
         return self._index()[1].fingerprint
 
+    def abstracts(self) -> list[str]:
+        """The whole abstract of every indexed paper, once each."""
+        lexical = self._index()[1]
+        return list(dict.fromkeys(c.metadata.get("abstract") or c.text for c in lexical.chunks))
+
     def invalidate(self) -> None:
         """Forget the open store (call after a re-ingest in the same process)."""
         with self._lock:

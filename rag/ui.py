@@ -465,9 +465,20 @@ def warm_up(assistant: Assistant) -> None:
     and no request races another to open the store first. A missing index is not fatal: the page can build it."""
     logger.info("warming up: opening the index, loading the embedder and the model")
     try:
-        assistant.warm_up()
+        assistant.warm_up(prefetch=False)
     except RagError as e:
         logger.warning("not warmed up (%s); the page shows the index status and can re-index", e)
+        return
+    # The corpus sentences' vectors (about 13 s on 2 cores the first time, then read from disk) are embedded while
+    # the page is already up; a question asked meanwhile embeds the few sentences it needs itself.
+    threading.Thread(target=_prefetch_quietly, args=(assistant,), name="sentence-prefetch", daemon=True).start()
+
+
+def _prefetch_quietly(assistant: Assistant) -> None:
+    try:
+        assistant.prefetch_sentences()
+    except Exception:  # noqa: BLE001 - a background speed-up must never take the server down
+        logger.exception("embedding the corpus sentences in the background failed; answers embed them as needed")
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None, share: bool = False) -> None:

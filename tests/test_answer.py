@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
 from rag.answer import NOT_IN_CORPUS, Assistant, standalone_question
-from rag.config import AnswerSettings, LLMSettings
+from rag.config import AnswerSettings, LLMSettings, Settings
 from rag.errors import QuestionError
 from rag.llm import GenerationEvent, GenerationStats
 from rag.types import ChatTurn, ModelInfo
@@ -199,3 +200,21 @@ def test_token_budget_holds_for_a_very_long_question_and_a_small_context(ingeste
     assert answer.abstained or answer.citations
     with pytest.raises(QuestionError, match="too long"):
         assistant.ask("KMMLU " + "questions benchmark Korean " * 400)
+
+
+def test_warm_up_embeds_the_corpus_sentences_once_and_keeps_them(tmp_path, embedder):
+    from rag.context import split_sentences
+    from rag.ingest import ingest
+    from rag.retrieval import Retriever
+
+    settings = Settings(data_dir=tmp_path / "data", corpus_paths=[Path(__file__).parent / "data" / "sample.jsonl"])
+    ingest(settings, embedder=embedder)
+    retriever = Retriever(settings, embedder=embedder)
+    first = Assistant(settings, retriever=retriever, llm=ScriptedLLM("unused"))
+    first.warm_up()
+    assert settings.sentence_vectors_path.exists()
+    sentences = {s for abstract in retriever.abstracts() for s in split_sentences(abstract)}
+    assert sentences and sentences <= set(first.scorer._cache)
+
+    again = Assistant(settings, retriever=retriever, llm=ScriptedLLM("unused"))
+    assert again.scorer.prefetch(sorted(sentences)) == 0  # read back from disk, nothing embedded

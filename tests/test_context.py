@@ -195,3 +195,48 @@ def test_budget_holds_with_the_real_tokenizer_and_a_small_context(ingested_setti
                         settings=settings, max_tokens=192)
     assert ctx.prompt_tokens + ctx.max_tokens <= 512
     assert ctx.prompt_tokens == llm.count_chat_tokens(ctx.messages)
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed (to see what the cache spares it)."""
+
+    def __init__(self, embedder, name: str | None = None):
+        self._embedder = embedder
+        self.name = name or embedder.name
+        self.embedded = 0
+
+    def embed(self, texts):
+        self.embedded += len(texts)
+        return self._embedder.embed(texts)
+
+
+def test_sentence_vectors_persist_between_runs(tmp_path, embedder):
+    path = tmp_path / "data" / "sentence_vectors.npz"
+    sentences = split_sentences(ABSTRACT_A)
+    first = SentenceScorer(CountingEmbedder(embedder), cache_path=path)
+    assert first.prefetch(sentences) == len(sentences)
+    first.save()
+    assert path.exists()
+
+    counting = CountingEmbedder(embedder)
+    second = SentenceScorer(counting, cache_path=path)
+    assert second.prefetch(sentences) == 0 and counting.embedded == 0
+    np.testing.assert_allclose(second.vectors(sentences), first.vectors(sentences), atol=1e-6)
+    second.similarity(["How many questions does KMMLU have?"], sentences)
+    assert counting.embedded == 1  # only the question
+
+    other = CountingEmbedder(embedder, name="some-other-embedder")
+    SentenceScorer(other, cache_path=path).vectors(sentences)
+    assert other.embedded == len(sentences)  # vectors of another embedder are never mixed in
+
+
+def test_an_unreadable_sentence_cache_is_rebuilt(tmp_path, embedder):
+    path = tmp_path / "sentence_vectors.npz"
+    path.write_bytes(b"not an npz file")
+    scorer = SentenceScorer(CountingEmbedder(embedder), cache_path=path)
+    sentences = split_sentences(ABSTRACT_B)
+    assert scorer.vectors(sentences).shape == (len(sentences), 384)
+    scorer.save()
+    counting = CountingEmbedder(embedder)
+    SentenceScorer(counting, cache_path=path).vectors(sentences)
+    assert counting.embedded == 0
