@@ -74,6 +74,10 @@ class LLMSettings(BaseModel):
     n_threads: int = Field(default_factory=available_cores, ge=1, le=512, description="CPU threads for llama.cpp.")
     n_batch: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama.cpp batch.")
     seed: int = Field(default=42, description="Sampling seed, fixed so the same input gives the same output.")
+    busy_timeout_s: float = Field(
+        default=300.0, gt=0, le=86400,
+        description="How long a question waits for the model while another answer is generated before a 'busy' error.",
+    )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
     max_tokens: int = Field(default=192, ge=1, le=8192, description="Most tokens generated for one answer.")
 

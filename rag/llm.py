@@ -239,7 +239,6 @@ class LocalLLM:
         self._template: Any = None
         self._load_lock = threading.Lock()
         self._lock = threading.Lock()  # held for a whole generation
-        self._owner: int | None = None
 
     # -- identity
 
@@ -346,44 +345,46 @@ class LocalLLM:
                 f"the prompt ({len(tokens)} tokens) plus {max_tokens} answer tokens exceeds the model's context "
                 f"({self.n_ctx} tokens): shorten the question or raise RAG_LLM__N_CTX"
             )
-        me = threading.get_ident()
-        if self._owner == me:
-            raise ModelError("a generation is already running in this thread: consume or close it first")
-        return self._generate(llama, tokens, max_tokens, temperature, me)
+        return self._generate(llama, tokens, max_tokens, temperature)
 
-    def _generate(
-        self, llama: Llama, tokens: list[int], max_tokens: int, temperature: float, me: int
-    ) -> Iterator[GenerationEvent]:
+    def _generate(self, llama: Llama, tokens: list[int], max_tokens: int, temperature: float) -> Iterator[GenerationEvent]:
         import llama_cpp
 
         vocab = llama._model.vocab
         stats = GenerationStats(prompt_tokens=len(tokens))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        with self._lock:
-            self._owner = me
-            try:
-                started = time.perf_counter()
-                llama.set_seed(self.settings.llm.seed)
-                stats.stop_reason = "length"
-                for token in llama.generate(tokens, temp=temperature, repeat_penalty=1.0, reset=True):
-                    if stats.first_token_s is None:
-                        stats.first_token_s = time.perf_counter() - started
-                    if llama_cpp.llama_vocab_is_eog(vocab, token) or llama_cpp.llama_vocab_is_control(vocab, token):
-                        stats.stop_reason = "stop"
-                        break
-                    stats.completion_tokens += 1
-                    piece = decoder.decode(llama.detokenize([token], special=False))
-                    if piece:
-                        yield GenerationEvent(text=piece)
-                    if stats.completion_tokens >= max_tokens:
-                        break
-                tail = decoder.decode(b"", final=True)
-                if tail:
-                    yield GenerationEvent(text=tail)
-                stats.total_s = time.perf_counter() - started
-                yield GenerationEvent(done=True, stats=stats)
-            finally:
-                self._owner = None
+        # The lock is held across yields, and a streaming caller (Gradio) may resume the generator from another
+        # worker thread each step, so ownership cannot be told by thread: a caller that waits too long is told
+        # the model is busy instead (a generator left unconsumed would otherwise block everyone for ever).
+        timeout = self.settings.llm.busy_timeout_s
+        if not self._lock.acquire(timeout=timeout):
+            raise ModelError(
+                f"the model has been busy for {timeout:g} s (another answer is still being generated): try again, "
+                "or close the unfinished answer stream"
+            )
+        try:
+            started = time.perf_counter()
+            llama.set_seed(self.settings.llm.seed)
+            stats.stop_reason = "length"
+            for token in llama.generate(tokens, temp=temperature, repeat_penalty=1.0, reset=True):
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.perf_counter() - started
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or llama_cpp.llama_vocab_is_control(vocab, token):
+                    stats.stop_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                piece = decoder.decode(llama.detokenize([token], special=False))
+                if piece:
+                    yield GenerationEvent(text=piece)
+                if stats.completion_tokens >= max_tokens:
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield GenerationEvent(text=tail)
+            stats.total_s = time.perf_counter() - started
+            yield GenerationEvent(done=True, stats=stats)
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._load_lock, self._lock:

@@ -177,14 +177,32 @@ def test_closing_a_stream_early_releases_the_model(llm):
 
 
 @pytest.mark.llm
-def test_same_thread_reentry_is_an_error_not_a_deadlock(llm):
+def test_a_stream_resumed_from_other_threads_does_not_block_a_thread_it_visited(llm):
+    """Gradio runs each step of a streaming answer in whichever worker thread is free: the thread that advanced
+    one answer may next start another. That one must wait for the model, not fail as a 're-entry'."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        first = worker.submit(llm.stream_chat, MESSAGES, max_tokens=8).result()
+        worker.submit(next, first).result()  # the model is now held by a stream the worker started
+        second = worker.submit(llm.stream_chat, MESSAGES, max_tokens=2).result()
+        rest = list(first)  # the first answer goes on in another thread and ends, freeing the model
+        assert rest[-1].done
+        assert worker.submit(list, second).result()[-1].done
+
+
+@pytest.mark.llm
+def test_an_unconsumed_stream_makes_others_wait_then_fail_as_busy_never_hang(llm, monkeypatch):
     first = llm.stream_chat(MESSAGES, max_tokens=8)
     next(first)
+    impatient = llm.settings.model_copy(update={"llm": llm.settings.llm.model_copy(update={"busy_timeout_s": 0.2})})
+    monkeypatch.setattr(llm, "settings", impatient)
     try:
-        with pytest.raises(ModelError, match="already running"):
-            llm.stream_chat(MESSAGES, max_tokens=8)
+        with pytest.raises(ModelError, match="busy"):
+            next(llm.stream_chat(MESSAGES, max_tokens=8))
     finally:
         first.close()
+    assert list(llm.stream_chat(MESSAGES, max_tokens=2))[-1].done
 
 
 def test_model_loads_from_a_models_dir_name(tmp_path):
