@@ -252,7 +252,7 @@ _INTRODUCES = re.compile(
     re.IGNORECASE,
 )
 _NAMED_THING = re.compile(
-    r"\b(?:what|which)\b(?:\s+[\w\-]+){0,6}?\s+(?:method|framework|approach|dataset|benchmark|model|algorithm|"
+    r"\b(?:what|which)\b(?:\s+[\w\-]+){0,6}?\s+(?P<kind>method|framework|approach|dataset|benchmark|model|algorithm|"
     r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
     re.IGNORECASE,
 )
@@ -288,9 +288,22 @@ def asks_for_a_work(question: str) -> bool:
     return bool(_NAMED_THING.search(question) or _ASKS_FOR_WORK.search(question.strip()))
 
 
-def _names_contribution(sentence: str, title: str | None) -> bool:
-    """Whether the sentence introduces something by a coined name (in brackets, or a name the title also has)."""
+def asked_kind(question: str) -> str | None:
+    """The kind of thing a 'what/which ... X' question asks for ('dataset', 'benchmark', 'method'...), if any."""
+    match = _NAMED_THING.search(question)
+    return match.group("kind").lower() if match and match.group("kind") else None
+
+
+def _mentions_kind(sentence: str, kind: str | None) -> bool:
+    return kind is not None and re.search(rf"\b{re.escape(kind)}s?\b", sentence, re.IGNORECASE) is not None
+
+
+def _names_contribution(sentence: str, title: str | None, kind: str | None = None) -> bool:
+    """Whether the sentence introduces something by a coined name (in brackets, or a name the title also has) and,
+    when a kind of thing is asked for, introduces that kind."""
     if not _INTRODUCES.search(sentence):
+        return False
+    if kind is not None and not _mentions_kind(sentence, kind):
         return False
     for bracketed, word in _COINED.findall(sentence):
         if bracketed or (title and word in title):
@@ -314,6 +327,7 @@ def grounded_fallback(
     if papers is None and not multi:
         chosen_papers = chosen_papers[:1]
     asks_for_a_name = multi or asks_for_a_work(context.question)
+    kind = asked_kind(context.question)
     asks_for_a_figure = bool(_ASKS_FOR_A_FIGURE.search(context.question))
     question_numbers = _numbers(context.question)
     parts = []
@@ -332,14 +346,16 @@ def grounded_fallback(
             figures = [i for i in ranked if i not in chosen and _figures(paper.sentences[i]) - question_numbers
                        and asked & terms(paper.sentences[i])]
             chosen = chosen + figures[:1]
-        if asks_for_a_name and not any(_names_contribution(paper.sentences[i], paper.title) for i in chosen):
+        if asks_for_a_name and not any(_names_contribution(paper.sentences[i], paper.title, kind) for i in chosen):
             # "What method/dataset ...?", "Is there work on ...?": quote the sentence where the paper names what it
-            # contributes, preferring one that coins a name (an acronym in brackets, a name in the title).
+            # contributes, preferring one that introduces the kind of thing asked for ("dataset") and then one that
+            # coins a name (an acronym in brackets, a name in the title).
             naming = [
                 i for i in ranked
                 if i not in chosen and _INTRODUCES.search(paper.sentences[i]) and new_facts(paper.sentences[i], context.question)
             ]
-            naming.sort(key=lambda i: not _names_contribution(paper.sentences[i], paper.title))
+            naming.sort(key=lambda i: (not _mentions_kind(paper.sentences[i], kind),
+                                       not _names_contribution(paper.sentences[i], paper.title)))
             chosen = chosen + naming[:1]
         text = " ".join(paper.sentences[i] for i in sorted(chosen))
         match = re.search(r"[.!?]+$", text)

@@ -195,3 +195,19 @@ def test_a_list_label_is_no_figure_and_a_verbatim_quote_supports_itself(scorer):
     assert not invented.citations and invented.unsupported  # "1.)" labels a list item: it is not a figure
     quoted = check_answer("Both circuits share about a 78% overlap in in-circuit attention heads [1].", context, scorer)
     assert [c.quote for c in quoted.citations] == ["Both circuits share about a 78% overlap in in-circuit attention heads."]
+
+
+def test_a_question_after_a_dataset_gets_the_sentence_that_introduces_the_dataset(scorer):
+    from rag.citations import asked_kind
+
+    abstract = (
+        "Universal image generation remains hard because tasks are sparse and weakly related. "
+        "To tackle these challenges, we propose VisualCloze, a universal image generation framework. "
+        "To this end, we introduce Graph200K, a graph-structured dataset that establishes interrelated tasks. "
+        "Experiments show strong generalisation."
+    )
+    question = "What graph-structured dataset was introduced to support universal image generation?"
+    assert asked_kind(question) == "dataset" and asked_kind("Which papers study forgetting?") is None
+    text = grounded_fallback(_one_paper(question, "VisualCloze: A Universal Image Generation Framework", abstract, scorer),
+                             multi=False)
+    assert "Graph200K" in text  # not only the sentence naming the framework
