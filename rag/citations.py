@@ -267,12 +267,14 @@ _ASKS_FOR_A_FIGURE = re.compile(
     r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain)\b",
     re.IGNORECASE,
 )
-# A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT").
+# A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT"),
+# the latter counted only when the paper's title has it too (see _names_contribution).
 _COINED = re.compile(r"\(([A-Z][A-Za-z0-9\-]*[A-Z0-9][A-Za-z0-9\-]*)\)|\b([A-Za-z]+[A-Z0-9][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)\b")
 
 
 def _figures(text: str) -> set[str]:
-    """The numbers of a text that can answer "how many / how large": not years, not single-digit list labels."""
+    """The numbers of a text that can answer "how many / how large": percentages, ratios, decimals and whole
+    numbers from 10 up, but not years, nor bare single digits (mostly list labels such as "1.)")."""
     found = set()
     for number in _numbers(text):
         digits = number.rstrip("%xX")
