@@ -113,11 +113,15 @@ class SentenceScorer:
         except (OSError, ValueError, KeyError) as e:
             logger.warning("sentence vector cache %s is unreadable (%s): it will be rebuilt", self.cache_path, e)
 
-    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+    def _missing(self, texts: Sequence[str]) -> list[str]:
+        """The texts with no cached vector, once each, in order (reads the persisted vectors first)."""
         with self._lock:
             if not self._loaded:
                 self._load()
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            return list(dict.fromkeys(t for t in texts if t not in self._cache))
+
+    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+        missing = self._missing(texts)
         if missing:
             computed = self.embedder.embed(missing)  # type: ignore[attr-defined]
             with self._lock:
@@ -132,10 +136,7 @@ class SentenceScorer:
 
     def prefetch(self, texts: Sequence[str], batch_size: int = 64) -> int:
         """Embed the texts not cached yet (in batches, so questions can interleave); returns how many were new."""
-        with self._lock:
-            if not self._loaded:
-                self._load()
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        missing = self._missing(texts)
         for start in range(0, len(missing), batch_size):
             self.vectors(missing[start : start + batch_size])
         return len(missing)
