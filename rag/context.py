@@ -91,6 +91,7 @@ class SentenceScorer:
         self.max_cached = max_cached
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one writer of the file at a time (startup and re-index prefetches)
         self._loaded = cache_path is None
         self._unsaved = 0
 
@@ -145,16 +146,17 @@ class SentenceScorer:
         """Write the cached vectors to cache_path if any are new (atomically: a crash leaves the old file)."""
         if self.cache_path is None:
             return
-        with self._lock:
-            if not self._unsaved or not self._cache:
-                return
-            texts = list(self._cache)
-            vectors = np.stack([self._cache[t] for t in texts])
-            self._unsaved = 0
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.cache_path.with_name(self.cache_path.name + ".partial.npz")
-        np.savez(partial, model=np.array(self._model_name), texts=np.array(texts), vectors=vectors)
-        os.replace(partial, self.cache_path)
+        with self._save_lock:
+            with self._lock:
+                if not self._unsaved or not self._cache:
+                    return
+                texts = list(self._cache)
+                vectors = np.stack([self._cache[t] for t in texts])
+                self._unsaved = 0
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.cache_path.with_name(self.cache_path.name + ".partial.npz")
+            np.savez(partial, model=np.array(self._model_name), texts=np.array(texts), vectors=vectors)
+            os.replace(partial, self.cache_path)
         logger.info("sentence vectors: %d saved to %s", len(texts), self.cache_path)
 
     def similarity(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:

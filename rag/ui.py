@@ -295,6 +295,7 @@ class ChatCallbacks:
         except RagError as e:
             raise gr.Error(str(e), title="Re-index failed") from e
         self.pool.invalidate()
+        prefetch_in_background(self.pool.get())  # new papers' sentences are embedded and saved now, not per question
         gr.Info(
             f"Indexed {summary.papers} papers: {summary.chunks_added} chunks embedded, "
             f"{summary.chunks_unchanged} unchanged, {summary.chunks_removed} removed ({summary.seconds:.1f}s)."
@@ -469,9 +470,15 @@ def warm_up(assistant: Assistant) -> None:
     except RagError as e:
         logger.warning("not warmed up (%s); the page shows the index status and can re-index", e)
         return
-    # The corpus sentences' vectors (about 13 s on 2 cores the first time, then read from disk) are embedded while
-    # the page is already up; a question asked meanwhile embeds the few sentences it needs itself.
-    threading.Thread(target=_prefetch_quietly, args=(assistant,), name="sentence-prefetch", daemon=True).start()
+    prefetch_in_background(assistant)
+
+
+def prefetch_in_background(assistant: Assistant) -> threading.Thread:
+    """Embed and save the corpus sentences' vectors (about 13 s on 2 cores the first time, then read from disk)
+    while the page is already up; a question asked meanwhile embeds the few sentences it needs itself."""
+    thread = threading.Thread(target=_prefetch_quietly, args=(assistant,), name="sentence-prefetch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _prefetch_quietly(assistant: Assistant) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,10 @@ class ScriptedAssistant:
         self.fail = fail
         self.retriever = types.SimpleNamespace(invalidated=0)
         self.retriever.invalidate = lambda: setattr(self.retriever, "invalidated", self.retriever.invalidated + 1)
+        self.prefetched = threading.Event()
+
+    def prefetch_sentences(self) -> None:
+        self.prefetched.set()
 
     def ask(self, question, history=(), k=None, temperature=None, max_tokens=None) -> Answer:
         self.calls.append((question, list(history), {"k": k}))
@@ -336,6 +341,7 @@ def test_reindex_ingests_and_invalidates_the_retrievers(callbacks, assistant, mo
     monkeypatch.setattr("rag.ingest.ingest", fake_ingest)
     out = callbacks.reindex(progress=lambda *a, **k: None)
     assert seen["progress"] is True and assistant.retriever.invalidated == 1
+    assert assistant.prefetched.wait(10)  # the re-indexed papers' sentence vectors are embedded and saved
     assert "No usable index" in out  # the fake ingest wrote nothing
 
 
