@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 
 from rag.citations import check_answer, grounded_fallback, new_facts
 from rag.config import Settings
-from rag.context import SentenceScorer, build_context, is_multi_paper_question, question_names, unanswerable_reason
+from rag.context import (
+    SentenceScorer,
+    build_context,
+    ensure_question_fits,
+    is_multi_paper_question,
+    question_names,
+    unanswerable_reason,
+)
 from rag.errors import ModelError, QuestionError
 from rag.llm import ChatModel, LocalLLM
 from rag.prompts import NOT_IN_CORPUS, Prompts
@@ -212,6 +219,7 @@ class Assistant:
             question=question, standalone_question=standalone, passages=passages, model=self.model_info(),
             index=self.retriever.fingerprint(), prompt_version=self.prompts.version,
         )
+        ensure_question_fits(standalone, self.llm, self.prompts)
         reason = self._abstain_reason(standalone, passages)
         if reason:
             logger.info("abstaining on %r: %s", standalone, reason)

@@ -278,6 +278,17 @@ def render_messages(question: str, papers: Sequence[PaperContext], prompts: Prom
     ]
 
 
+def ensure_question_fits(question: str, llm: ChatModel, prompts: Prompts) -> None:
+    """Refuse a question that leaves no room in the model's window for a short answer and one passage, before
+    anything else is decided about it (an abstention would hide that the question itself is the problem)."""
+    overhead = llm.count_chat_tokens(render_messages(question, [], prompts))
+    if overhead + MIN_ANSWER_TOKENS + PASSAGE_OVERHEAD > llm.n_ctx:
+        raise QuestionError(
+            f"the question is too long for the model's context window ({overhead} prompt tokens of {llm.n_ctx}): "
+            "shorten it"
+        )
+
+
 def build_context(
     question: str,
     passages: Sequence[Passage],
@@ -373,7 +384,16 @@ _TYPE_WORDS = frozenset(
     """method methods approach approaches framework frameworks technique techniques model models system systems
     dataset datasets benchmark benchmarks algorithm algorithms paper papers work works study studies""".split()
 )
-_FORM_WORDS = frozenset("percentage factor fraction range level number amount proportion ratio way ways kind type extent count value".split())
+_FORM_WORDS = frozenset(
+    "percentage percent factor fraction share range level number amount proportion ratio way ways kind type extent "
+    "count value score scores figure".split()
+)
+# Verbs that end a wh-phrase but look like nouns to the suffix test ("what prompt formatting seems to trigger it").
+_PHRASE_VERBS = frozenset(
+    """seem seems appear appears tend tends help helps make makes cause causes trigger triggers lead leads allow
+    allows let lets give gives beat beats reach reaches achieve achieves outperform outperforms improve improves
+    enable enables perform performs need needs get gets work works""".split()
+)
 _NUMBER_WORDS = frozenset(
     """one two three four five six seven eight nine ten eleven twelve dozen dozens hundred hundreds thousand thousands
     million millions billion billions trillion trillions""".split()
@@ -409,7 +429,7 @@ def asked_slot(question: str) -> tuple[str, list[list[str]]]:
         if words and words[0] in {"the", "a", "an"}:
             words = words[1:]
         for w in words:
-            if w in _AUX or w in _PREP or w in _TYPE_WORDS:
+            if w in _AUX or w in _PREP or w in _TYPE_WORDS or (phrases[-1] and w in _PHRASE_VERBS):
                 break
             if phrases[-1] and w.endswith("ed") and "-" not in w:  # a past-tense verb ends the noun phrase
                 break
@@ -452,7 +472,9 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
     if missing:
         return f"not mentioned in the passages: {', '.join(missing)}"
     wh, phrases = asked_slot(question)
-    if not phrases:
+    if not phrases or not _names_its_paper(question, texts[0]):
+        # A question that does not name its paper may paraphrase the abstract's words: an asked-for word the
+        # passages lack is then no evidence that the answer is missing.
         return None
     # The papers the question is about: the best one, plus those naming every name of the question.
     about = [0] + [i for i in range(1, len(texts)) if names and all(n.lower() in texts[i].lower() for n in names)]
@@ -468,7 +490,30 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
     if coverage < 0.5:
         return f"the passages barely mention {' '.join(words)!r}"
     if wh == "how many":
+        # "How many NL-to-TL pairs ...": any word of the counted phrase, up to its verb, may be the one counted.
+        counted = _counted_words(question) or heads
         sentences = [s for i in about for s in split_sentences(ranked[i].text)]
-        if not any(_has_number(s) and any(_mentions(h, terms(s)) for h in heads) for s in sentences):
+        if not any(_has_number(s) and any(_mentions(w, terms(s)) for w in counted) for s in sentences):
             return f"no passage gives a number of {heads[-1]!r}"
     return None
+
+
+def _names_its_paper(question: str, top_text: str) -> bool:
+    """Whether a name of the question (NV-Embed, GPT-4) or a capitalised word after its first (Dolma, Flacuna)
+    occurs in the best passage: the question is then about that paper, not a paraphrase of some abstract."""
+    capitalised = [w for w in _NAME.findall(question)[1:] if w[0].isupper()]
+    top = top_text.lower()
+    return any(n.lower() in top for n in [*question_names(question), *capitalised])
+
+
+def _counted_words(question: str) -> list[str]:
+    """The content words between 'how many' and the first verb, prepositions included in the span."""
+    match = re.search(r"\bhow many\b\s+(.*)", question.lower(), re.DOTALL)
+    words: list[str] = []
+    for w in re.findall(r"[a-z0-9][a-z0-9\-.%']*", match.group(1) if match else ""):
+        w = w.strip(".'")
+        if w in _AUX or w in _PHRASE_VERBS or len(words) >= 8:
+            break
+        if w not in _PREP and w not in _FORM_WORDS and terms(w):
+            words.append(w)
+    return words

@@ -109,6 +109,10 @@ def test_question_names_and_asked_slot():
     assert asked_slot("What framework recursively builds a tree?") == ("what", [])
     assert asked_slot("How much did it cost to train it?") == ("how much", [["cost"]])
     assert asked_slot("Is there work on job titles?") == ("", [])
+    assert asked_slot("Why does it fail, and what prompt formatting seems to trigger it?") == (
+        "what", [["prompt", "formatting"]]
+    )  # "seems" is a verb, not the thing asked for
+    assert asked_slot("What SuperGLUE score did ERNIE 3.0 reach?") == ("what", [["superglue"]])  # "score": a form
 
 
 # -- answerability
@@ -125,6 +129,23 @@ def test_unanswerable_when_the_asked_thing_is_never_mentioned():
 def test_how_many_needs_a_number_next_to_the_thing():
     passages = [passage(1, "hcx", ABSTRACT_B)]
     assert "number" in unanswerable_reason("How many languages does HyperCLOVA X support?", passages)
+
+
+def test_a_question_that_does_not_name_its_paper_is_not_refused_for_paraphrasing_it():
+    # Written without the abstract's words: "formatting" is nowhere in it, yet it answers the question.
+    chat = passage(1, "chat", "We identify that the loss of context awareness occurs when the chat template is applied "
+                   "to input prompts. We propose conditional instruction fine-tuning.")
+    question = "Why do chat-tuned models ignore a pasted document, and what prompt formatting seems to trigger it?"
+    assert unanswerable_reason(question, [chat]) is None
+    # The same missing word in a question that names its paper is still a reason: the paper never says it.
+    assert "formatting" in unanswerable_reason("What prompt formatting does KMMLU use?", [passage(1, "kmmlu", ABSTRACT_A)])
+
+
+def test_how_many_counts_any_word_of_the_counted_phrase():
+    nl2tl = passage(1, "nl2tl", title="NL2TL: Transforming Natural Languages to Temporal Logics", text="The translation between natural language (NL) and temporal logic (TL) is under-explored. "
+                    "We publish a dataset with 28K NL-TL pairs.")
+    assert unanswerable_reason("How many natural-language to temporal-logic pairs are in the NL2TL dataset?", [nl2tl]) is None
+    assert "annotators" in unanswerable_reason("How many annotators labelled the NL2TL dataset?", [nl2tl])
 
 
 # -- building the context
