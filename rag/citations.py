@@ -247,8 +247,9 @@ def new_facts(text: str, question: str) -> set[str]:
 
 
 _INTRODUCES = re.compile(
-    r"\b(?:we|this (?:paper|work|study))\s+(?:\w+\s+)?(?:propose|introduce|present|build|construct|release|develop|create|curate|design)\w*"
-    r"|\b(?:called|named|dubbed|termed)\b",
+    r"\b(?:we|this (?:\w+\s+)?(?:paper|work|study|article|report))\s+(?:\w+\s+)?(?:propose|introduce|present|build|"
+    r"construct|release|develop|create|curate|design)\w*"
+    r"|\b(?:called|named|dubbed|termed|presented as|referred to as|known as)\b",
     re.IGNORECASE,
 )
 _NAMED_THING = re.compile(
@@ -256,10 +257,12 @@ _NAMED_THING = re.compile(
     r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
     re.IGNORECASE,
 )
-# Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone ...?"
+# Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone ...?",
+# "Can X be done ...?" (about a corpus of papers: is there a paper that does it), also after a leading phrase
+# ("Instead of A, can B ...?").
 _ASKS_FOR_WORK = re.compile(
-    r"^(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|can (?:a|an|one|we|"
-    r"several|multiple|small|large|chat|language)\b)",
+    r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|"
+    r"is it possible|can|could)\b",
     re.IGNORECASE,
 )
 _ASKS_FOR_A_FIGURE = re.compile(
@@ -270,6 +273,8 @@ _ASKS_FOR_A_FIGURE = re.compile(
 # A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT"),
 # the latter counted only when the paper's title has it too (see _names_contribution).
 _COINED = re.compile(r"\(([A-Z][A-Za-z0-9\-]*[A-Z0-9][A-Za-z0-9\-]*)\)|\b([A-Za-z]+[A-Z0-9][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)\b")
+# A name put in quotes as it is introduced: presented as "Sahaay", called ‘X-Net’.
+_QUOTED_NAME = re.compile(r"[\"“‘`']([A-Z][\w\-]*(?: [A-Z][\w\-]*){0,3})[,.]?[\"”’']")
 
 
 def _figures(text: str) -> set[str]:
@@ -300,17 +305,27 @@ def _mentions_kind(sentence: str, kind: str | None) -> bool:
     return kind is not None and re.search(rf"\b{re.escape(kind)}s?\b", sentence, re.IGNORECASE) is not None
 
 
+def _naming_strength(sentence: str, title: str | None) -> int:
+    """How clearly a sentence coins a name: 2 for one in brackets or quotes (PromptSRC (...), "Sahaay"), 1 for a
+    name the title also has, 0 for none."""
+    coined = _COINED.findall(sentence)
+    if any(bracketed for bracketed, _ in coined) or _QUOTED_NAME.search(sentence):
+        return 2
+    return 1 if title and any(word and word in title for _, word in coined) else 0
+
+
 def _names_contribution(sentence: str, title: str | None, kind: str | None = None) -> bool:
-    """Whether the sentence introduces something by a coined name (in brackets, or a name the title also has) and,
-    when a kind of thing is asked for, introduces that kind."""
+    """Whether the sentence introduces something by a coined name (in brackets or quotes, or a name the title also
+    has) and, when a kind of thing is asked for, introduces that kind."""
     if not _INTRODUCES.search(sentence):
         return False
     if kind is not None and not _mentions_kind(sentence, kind):
         return False
-    for bracketed, word in _COINED.findall(sentence):
-        if bracketed or (title and word in title):
-            return True
-    return False
+    return _naming_strength(sentence, title) > 0
+
+
+def _mentions_any(sentence: str, names: Sequence[str]) -> bool:
+    return any(re.search(rf"(?<![\w\-]){re.escape(name)}(?![\w\-])", sentence, re.IGNORECASE) for name in names)
 
 
 _COMMON = frozenset("the this these those our we in on for to a an it its their they however our as while by with".split())
@@ -332,6 +347,7 @@ def grounded_fallback(
     kind = asked_kind(context.question)
     asks_for_a_figure = bool(_ASKS_FOR_A_FIGURE.search(context.question))
     question_numbers = _numbers(context.question)
+    anchors = question_names(context.question)
     parts = []
     for paper in chosen_papers:
         if not paper.sentences:
@@ -357,8 +373,15 @@ def grounded_fallback(
                 if i not in chosen and _INTRODUCES.search(paper.sentences[i]) and new_facts(paper.sentences[i], context.question)
             ]
             naming.sort(key=lambda i: (not _mentions_kind(paper.sentences[i], kind),
-                                       not _names_contribution(paper.sentences[i], paper.title)))
+                                       -_naming_strength(paper.sentences[i], paper.title)))
             chosen = chosen + naming[:1]
+        # "Which benchmark supplied the 119 tasks ...?": the sentence holding a name or number of the question that
+        # is specific to it (in one or two of the paper's sentences, unlike "LLMs") is the one the question points at.
+        specific = [a for a in anchors if 1 <= sum(_mentions_any(x, [a]) for x in paper.sentences) <= 2]
+        if specific and not any(_mentions_any(paper.sentences[i], specific) for i in chosen):
+            anchored = [i for i in ranked if i not in chosen and _mentions_any(paper.sentences[i], specific)
+                        and new_facts(paper.sentences[i], context.question)]
+            chosen = chosen + anchored[:1]
         text = " ".join(paper.sentences[i] for i in sorted(chosen))
         match = re.search(r"[.!?]+$", text)
         body, end = (text[: match.start()], match.group(0)) if match else (text, ".")

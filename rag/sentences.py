@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 _ABBREVIATIONS = {
-    "e.g", "i.e", "et al", "al", "vs", "fig", "figs", "eq", "eqs", "cf", "resp", "approx", "no", "nos",
+    "e.g", "i.e", "et al", "al", "vs", "fig", "figs", "eq", "eqs", "cf", "resp", "approx",
     "sec", "ref", "refs", "dr", "mr", "ms", "prof", "st", "jr", "inc", "ltd", "co", "etc.,", "ca",
 }
+_NUMBER_ABBREVIATIONS = {"no", "nos"}  # "No. 5" continues; "The answer is no. The paper ..." ends a sentence
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _LEADING_MARKERS = re.compile(r"^(?:\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\])+(?:\s*[.!?](?=\s|$))?")
 
@@ -26,6 +27,8 @@ def split_sentences(text: str) -> list[str]:
         before = text[start : match.start()].rstrip("\"')]")
         last_word = before.rsplit(" ", 1)[-1].rstrip(".!?").lower()
         if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
+            continue
+        if last_word in _NUMBER_ABBREVIATIONS and text[match.end() : match.end() + 1].isdigit():
             continue
         sentences.append(text[start : match.start()].strip())
         start = match.end()

@@ -178,6 +178,8 @@ def test_what_counts_as_asking_for_a_work():
     assert asks_for_a_work("Which papers initialize a target-task prompt from several source prompts?")
     assert asks_for_a_work("Is there work on standardizing job titles from the skills listed in an ad?")
     assert asks_for_a_work("What graph-structured dataset was introduced for image generation?")
+    assert asks_for_a_work("Instead of in-prompt examples, can a task vector be mixed into attention heads?")
+    assert asks_for_a_work("Can chat assistants be aligned without human preference labels?")
     assert not asks_for_a_work("How many questions does KMMLU contain?")
     assert not asks_for_a_work("Why do reward models prefer long answers?")
 
@@ -211,3 +213,34 @@ def test_a_question_after_a_dataset_gets_the_sentence_that_introduces_the_datase
     text = grounded_fallback(_one_paper(question, "VisualCloze: A Universal Image Generation Framework", abstract, scorer),
                              multi=False)
     assert "Graph200K" in text  # not only the sentence naming the framework
+
+
+def test_a_name_introduced_in_quotes_is_preferred_to_one_only_shared_with_the_title(scorer):
+    abstract = (
+        "Customer service is evolving with large language models. "
+        "This research paper introduces an approach to automating customer service using LangChain. "
+        "The paper explores the obsolescence of FAQ pages. "
+        'This open-source framework, presented as "Sahaay," scales across organizations. '
+        "Results are shown for an educational institution."
+    )
+    question = "Is there an open-source chatbot that replaces a college's FAQ page with answers from its website?"
+    title = "Automating Customer Service using LangChain: Building a custom open-source GPT Chatbot"
+    assert "Sahaay" in grounded_fallback(_one_paper(question, title, abstract, scorer), multi=False, sentences=1)
+
+
+def test_the_sentence_holding_a_specific_number_of_the_question_is_quoted(scorer):
+    abstract = (  # from the corpus (002 line 95): the 119-tasks sentence ranks only 5th by relevance
+        "Instruction tuning of language models has demonstrated the ability to enhance model generalization to unseen "
+        "tasks via in-context learning using a few examples. However, typical supervised learning still requires a "
+        "plethora of downstream training data for finetuning. In this work, we demonstrate the sample efficiency of "
+        "instruction tuned models over various tasks by estimating the minimal downstream training data required by "
+        "them to perform transfer learning and match the performance of state-of-the-art (SOTA) supervised models. "
+        "We conduct experiments on 119 tasks from Super Natural Instructions (SuperNI) in both the single task "
+        "learning (STL) and multi task learning (MTL) settings. Our findings reveal that, in the STL setting, "
+        "instruction tuned models equipped with 25% of the downstream train data surpass the SOTA performance."
+    )
+    question = ("Which instruction benchmark supplied the 119 tasks used to show that instruction-tuned models need "
+                "only a fraction of downstream training data?")
+    text = grounded_fallback(_one_paper(question, "Instruction Tuned Models are Quick Learners", abstract, scorer),
+                             multi=False, sentences=1)
+    assert "Super Natural Instructions" in text

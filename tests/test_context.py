@@ -88,6 +88,10 @@ def test_split_sentences_keeps_abbreviations_decimals_and_initials():
         "Why?",
         "Done.",
     ]
+    # "No." abbreviates "number" only before a number.
+    assert split_sentences("It ranked No. 1 overall. The answer is no. The paper says so.") == [
+        "It ranked No. 1 overall.", "The answer is no.", "The paper says so."
+    ]
 
 
 def test_split_sentences_keeps_markers_after_a_full_stop_with_their_sentence():
