@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from rag.citations import check_answer, grounded_fallback, new_facts
+from rag.citations import check_answer
 from rag.config import Settings
 from rag.context import (
     SentenceScorer,
@@ -27,6 +27,7 @@ from rag.context import (
     unanswerable_reason,
 )
 from rag.errors import ModelError, QuestionError
+from rag.extractive import grounded_fallback, new_facts
 from rag.llm import ChatModel, LocalLLM
 from rag.prompts import NOT_IN_CORPUS, Prompts
 from rag.sentences import split_sentences

@@ -28,7 +28,6 @@ ATTACH_THRESHOLD = 0.6  # support a passage must give an unmarked sentence to be
 MIN_QUOTE_CHARS = 30  # a claim equal to a paper sentence at least this long is a verbatim quote
 RELEVANT_SENTENCES = 2  # a number in a claim must occur in one of the paper's this-many most question-relevant sentences
 MIN_CLAIM_TERMS = 2  # shorter "sentences" are fragments, dropped
-FALLBACK_SENTENCES = 2  # sentences quoted per paper by the grounded fallback
 COSINE_WEIGHT = 0.5  # support = COSINE_WEIGHT * cosine + (1 - COSINE_WEIGHT) * term overlap
 
 _MARKER = re.compile(
@@ -71,7 +70,8 @@ def strip_markers(text: str) -> str:
     return " ".join(_MARKER.sub("", text).split())
 
 
-def _numbers(text: str) -> set[str]:
+def numbers_in(text: str) -> set[str]:
+    """The numbers written in a text, normalised ("35,030" -> "35030", "3." -> "3")."""
     return {n.replace(",", "").rstrip(".") for n in _NUMBER.findall(text)}
 
 
@@ -82,7 +82,7 @@ class SupportChecker:
         self.scorer = scorer
         self.question = question
         self.question_terms = terms(question)
-        self.question_numbers = _numbers(question)
+        self.question_numbers = numbers_in(question)
 
     def support(self, claim: str, paper: PaperContext) -> Support:
         sentences = paper.sentences
@@ -93,13 +93,13 @@ class SupportChecker:
         if quoted is not None:  # a verbatim quote (the grounded fallback's) supports itself, whatever its figures
             cosine = float(self.scorer.similarity([claim], [sentences[quoted]])[0][0])
             return Support(1.0, cosine, sentences[quoted])
-        claim_numbers = _numbers(claim) - self.question_numbers
+        claim_numbers = numbers_in(claim) - self.question_numbers
         if claim_numbers:
             # Numbers must come from the sentences that answer the question, not from elsewhere in the abstract:
             # a small model readily copies the wrong figure of the right paper.
             relevant = sorted(range(len(sentences)), key=lambda i: -paper.scores[i])[:RELEVANT_SENTENCES]
             evidence = " ".join([paper.title or "", *(sentences[i] for i in relevant)])
-            if claim_numbers - _numbers(_LIST_LABEL.sub(" ", evidence)):  # "1.)" or "(2)" labels a list: no figure
+            if claim_numbers - numbers_in(_LIST_LABEL.sub(" ", evidence)):  # "1.)" or "(2)" labels a list: no figure
                 return Support(0.0, 0.0, "")
         known = f"{paper.title or ''} {paper_text} {self.question}".lower()
         if any(name.lower() not in known for name in question_names(claim)):
@@ -227,166 +227,3 @@ def _rewrite(sentence: str, valid: dict[tuple[int, int], list[int]], attached: l
         match = re.search(r"[.!?]+$", result)
         result = f"{result[: match.start()]} {tail}{match.group(0)}" if match else f"{result} {tail}"
     return result
-
-
-_CAPITALISED = re.compile(r"(?:(?<=[\s(\"'])|^)([A-Z][A-Za-z0-9\-]+)")
-
-
-def new_facts(text: str, question: str) -> set[str]:
-    """Numbers and names in the text that the question does not already contain: what an answer adds.
-
-    A sentence that only restates the question ("The method that updates ... is a method [1].") adds none."""
-    asked = question.lower()
-    text = strip_markers(text)
-    found = {n for n in _numbers(text) if n not in _numbers(question)}
-    candidates = {name for name in question_names(text) if any(c.isalpha() for c in name)}
-    for sentence in split_sentences(text):  # capitalised words, except each sentence's first
-        candidates |= set(_CAPITALISED.findall(sentence.split(" ", 1)[1] if " " in sentence else ""))
-    found |= {c for c in candidates if c.lower() not in asked and c.lower() not in _COMMON}
-    return found
-
-
-_INTRODUCES = re.compile(
-    r"\b(?:we|this (?:\w+\s+)?(?:paper|work|study|article|report))\s+(?:\w+\s+)?(?:propose|introduce|present|build|"
-    r"construct|release|develop|create|curate|design)\w*"
-    r"|\b(?:called|named|dubbed|termed|presented as|referred to as|known as)\b",
-    re.IGNORECASE,
-)
-_NAMED_THING = re.compile(
-    r"\b(?:what|which)\b(?:\s+[\w\-]+){0,6}?\s+(?P<kind>method|framework|approach|dataset|benchmark|model|algorithm|"
-    r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
-    re.IGNORECASE,
-)
-# Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone ...?",
-# "Can X be done ...?" (about a corpus of papers: is there a paper that does it), also after a leading phrase
-# ("Instead of A, can B ...?").
-_ASKS_FOR_WORK = re.compile(
-    r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|"
-    r"is it possible|can|could)\b",
-    re.IGNORECASE,
-)
-_ASKS_FOR_A_FIGURE = re.compile(
-    r"\bhow (?:many|much|large|big|small|fast|long|high|low|often|far)\b|\bwhat (?:\w+ ){0,3}?(?:percentage|share|"
-    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain)\b",
-    re.IGNORECASE,
-)
-# A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT"),
-# the latter counted only when the paper's title has it too (see _names_contribution).
-_COINED = re.compile(r"\(([A-Z][A-Za-z0-9\-]*[A-Z0-9][A-Za-z0-9\-]*)\)|\b([A-Za-z]+[A-Z0-9][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)\b")
-# A name put in quotes as it is introduced: presented as "Sahaay", called ‘X-Net’.
-_QUOTED_NAME = re.compile(r"[\"“‘`']([A-Z][\w\-]*(?: [A-Z][\w\-]*){0,3})[,.]?[\"”’']")
-
-
-def _figures(text: str) -> set[str]:
-    """The numbers of a text that can answer "how many / how large": percentages, ratios, decimals and whole
-    numbers from 10 up, but not years, nor bare single digits (mostly list labels such as "1.)")."""
-    found = set()
-    for number in _numbers(text):
-        digits = number.rstrip("%xX")
-        if number != digits or "." in digits:
-            found.add(number)
-        elif digits.isdigit() and int(digits) >= 10 and not 1900 <= int(digits) <= 2100:
-            found.add(number)
-    return found
-
-
-def asks_for_a_work(question: str) -> bool:
-    """Whether the question asks which method, dataset or piece of work (so the answer should name it)."""
-    return bool(_NAMED_THING.search(question) or _ASKS_FOR_WORK.search(question.strip()))
-
-
-def asked_kind(question: str) -> str | None:
-    """The kind of thing a 'what/which ... X' question asks for ('dataset', 'benchmark', 'method'...), if any."""
-    match = _NAMED_THING.search(question)
-    return match.group("kind").lower() if match and match.group("kind") else None
-
-
-def _mentions_kind(sentence: str, kind: str | None) -> bool:
-    return kind is not None and re.search(rf"\b{re.escape(kind)}s?\b", sentence, re.IGNORECASE) is not None
-
-
-def _naming_strength(sentence: str, title: str | None) -> int:
-    """How clearly a sentence coins a name: 2 for one in brackets or quotes (PromptSRC (...), "Sahaay"), 1 for a
-    name the title also has, 0 for none."""
-    coined = _COINED.findall(sentence)
-    if any(bracketed for bracketed, _ in coined) or _QUOTED_NAME.search(sentence):
-        return 2
-    return 1 if title and any(word and word in title for _, word in coined) else 0
-
-
-def _names_contribution(sentence: str, title: str | None, kind: str | None = None) -> bool:
-    """Whether the sentence introduces something by a coined name (in brackets or quotes, or a name the title also
-    has) and, when a kind of thing is asked for, introduces that kind."""
-    if not _INTRODUCES.search(sentence):
-        return False
-    if kind is not None and not _mentions_kind(sentence, kind):
-        return False
-    return _naming_strength(sentence, title) > 0
-
-
-def _mentions_any(sentence: str, names: Sequence[str]) -> bool:
-    return any(re.search(rf"(?<![\w\-]){re.escape(name)}(?![\w\-])", sentence, re.IGNORECASE) for name in names)
-
-
-_COMMON = frozenset("the this these those our we in on for to a an it its their they however our as while by with".split())
-
-
-def grounded_fallback(
-    context: Context, multi: bool, papers: Sequence[int] | None = None, sentences: int = FALLBACK_SENTENCES
-) -> str:
-    """An extractive answer, used when the model's answer has no supported sentence that adds anything (and, for a
-    multi-paper question, for each paper the model left out). Per paper: its most relevant sentences in their
-    original order, making sure one of them names or quantifies something the question does not. A question
-    after a figure also gets the best sentence that gives one about something asked; a question after a method,
-    dataset or work gets the sentence where the paper names its contribution. The title leads when the paper
-    has one and the quote alone names nothing new, when a work is asked for, or when several papers are listed."""
-    chosen_papers = [p for p in context.papers if papers is None or p.n in papers]
-    if papers is None and not multi:
-        chosen_papers = chosen_papers[:1]
-    asks_for_a_name = multi or asks_for_a_work(context.question)
-    kind = asked_kind(context.question)
-    asks_for_a_figure = bool(_ASKS_FOR_A_FIGURE.search(context.question))
-    question_numbers = _numbers(context.question)
-    anchors = question_names(context.question)
-    parts = []
-    for paper in chosen_papers:
-        if not paper.sentences:
-            continue
-        ranked = sorted(range(len(paper.sentences)), key=lambda i: -paper.scores[i])
-        chosen = ranked[:sentences]
-        top = paper.scores[ranked[0]]
-        if not any(new_facts(paper.sentences[i], context.question) for i in chosen):
-            bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
-            chosen = chosen[:1] + bearing[:1] if bearing else chosen
-        if asks_for_a_figure and not any(_figures(paper.sentences[i]) - question_numbers for i in chosen):
-            # "How large / how many ...?": the most relevant sentence that gives a figure about something asked.
-            asked = terms(context.question)
-            figures = [i for i in ranked if i not in chosen and _figures(paper.sentences[i]) - question_numbers
-                       and asked & terms(paper.sentences[i])]
-            chosen = chosen + figures[:1]
-        if asks_for_a_name and not any(_names_contribution(paper.sentences[i], paper.title, kind) for i in chosen):
-            # "What method/dataset ...?", "Is there work on ...?": quote the sentence where the paper names what it
-            # contributes, preferring one that introduces the kind of thing asked for ("dataset") and then one that
-            # coins a name (an acronym in brackets, a name in the title).
-            naming = [
-                i for i in ranked
-                if i not in chosen and _INTRODUCES.search(paper.sentences[i]) and new_facts(paper.sentences[i], context.question)
-            ]
-            naming.sort(key=lambda i: (not _mentions_kind(paper.sentences[i], kind),
-                                       -_naming_strength(paper.sentences[i], paper.title)))
-            chosen = chosen + naming[:1]
-        # "Which benchmark supplied the 119 tasks ...?": the sentence holding a name or number of the question that
-        # is specific to it (in one or two of the paper's sentences, unlike "LLMs") is the one the question points at.
-        specific = [a for a in anchors if 1 <= sum(_mentions_any(x, [a]) for x in paper.sentences) <= 2]
-        if specific and not any(_mentions_any(paper.sentences[i], specific) for i in chosen):
-            anchored = [i for i in ranked if i not in chosen and _mentions_any(paper.sentences[i], specific)
-                        and new_facts(paper.sentences[i], context.question)]
-            chosen = chosen + anchored[:1]
-        text = " ".join(paper.sentences[i] for i in sorted(chosen))
-        match = re.search(r"[.!?]+$", text)
-        body, end = (text[: match.start()], match.group(0)) if match else (text, ".")
-        if paper.title and (asks_for_a_name or not new_facts(text, context.question)):
-            parts.append(f"{paper.title} [{paper.n}]: {body}{end}")
-        else:
-            parts.append(f"{body} [{paper.n}]{end}")
-    return " ".join(parts)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rag.citations import check_answer, grounded_fallback, marker_numbers, new_facts, strip_markers
+from rag.citations import check_answer, marker_numbers, strip_markers
 from rag.context import Context, PaperContext, SentenceScorer, score_sentences
+from rag.extractive import grounded_fallback, new_facts
 from rag.sentences import split_sentences
 from rag.prompts import NOT_IN_CORPUS
 
@@ -173,7 +174,7 @@ def test_a_question_after_a_figure_gets_a_close_sentence_that_gives_one(scorer):
 
 
 def test_what_counts_as_asking_for_a_work():
-    from rag.citations import asks_for_a_work
+    from rag.extractive import asks_for_a_work
 
     assert asks_for_a_work("Which papers initialize a target-task prompt from several source prompts?")
     assert asks_for_a_work("Is there work on standardizing job titles from the skills listed in an ad?")
@@ -200,7 +201,7 @@ def test_a_list_label_is_no_figure_and_a_verbatim_quote_supports_itself(scorer):
 
 
 def test_a_question_after_a_dataset_gets_the_sentence_that_introduces_the_dataset(scorer):
-    from rag.citations import asked_kind
+    from rag.extractive import asked_kind
 
     abstract = (
         "Universal image generation remains hard because tasks are sparse and weakly related. "
