@@ -41,7 +41,9 @@ bench: index
 	$(PY) benchmarks/run.py
 
 eval: index
-	$(VENV)/bin/rag eval
+	$(VENV)/bin/rag eval --json benchmarks/results/eval_dev.json
+	$(VENV)/bin/rag eval eval/qa_blind.jsonl --json benchmarks/results/eval_blind.json
+	$(VENV)/bin/rag eval eval/qa_blind2.jsonl --json benchmarks/results/eval_blind2.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
