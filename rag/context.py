@@ -386,7 +386,7 @@ _TYPE_WORDS = frozenset(
 )
 _FORM_WORDS = frozenset(
     "percentage percent factor fraction share range level number amount proportion ratio way ways kind type extent "
-    "count value score scores figure".split()
+    "count value score scores figure margin gap difference".split()
 )
 # Verbs that end a wh-phrase but look like nouns to the suffix test ("what prompt formatting seems to trigger it").
 _PHRASE_VERBS = frozenset(
@@ -429,7 +429,14 @@ def asked_slot(question: str) -> tuple[str, list[list[str]]]:
         if words and words[0] in {"the", "a", "an"}:
             words = words[1:]
         for w in words:
-            if w in _AUX or w in _PREP or w in _TYPE_WORDS or (phrases[-1] and w in _PHRASE_VERBS):
+            if w in _TYPE_WORDS:
+                if wh == "how many":  # "How many papers ...": the type word is what is counted
+                    phrases[-1].append(w)
+                    break
+                # "Which in-house model ...": the words before a type word only qualify the kind of thing asked
+                # for, and a paper may qualify it in its own words ("our proprietary model").
+                return wh, []
+            if w in _AUX or w in _PREP or (phrases[-1] and w in _PHRASE_VERBS):
                 break
             if phrases[-1] and w.endswith("ed") and "-" not in w:  # a past-tense verb ends the noun phrase
                 break
@@ -468,10 +475,12 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
     texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
     names = question_names(question)
     joined = " ".join(texts).lower()
-    missing = [n for n in names if n.lower() not in joined]
+    missing = [n for n in names if not _name_in(n, joined)]
     if missing:
         return f"not mentioned in the passages: {', '.join(missing)}"
     wh, phrases = asked_slot(question)
+    if wh == "how many" and not any(_has_number(s) for p in ranked[:2] for s in split_sentences(p.text)):
+        return "no passage gives any number"  # whatever the question calls the counted thing
     if not phrases or not _names_its_paper(question, texts[0]):
         # A question that does not name its paper may paraphrase the abstract's words: an asked-for word the
         # passages lack is then no evidence that the answer is missing.
@@ -496,6 +505,17 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
         if not any(_has_number(s) and any(_mentions(w, terms(s)) for w in counted) for s in sentences):
             return f"no passage gives a number of {heads[-1]!r}"
     return None
+
+
+def _name_in(name: str, text: str) -> bool:
+    """Whether a name of the question occurs in a (lower-cased) text; a hyphenated one ("T5-based",
+    "LLM-optimization") also when its parts that are names themselves (capitals, digits) do."""
+    if name.lower() in text:
+        return True
+    parts = [p.lower() for p in name.split("-") if p and (p.lower() != p or any(c.isdigit() for c in p))]
+    return len(name.split("-")) > 1 and bool(parts) and all(
+        re.search(rf"(?<![a-z0-9]){re.escape(p)}(?![a-z0-9])", text) for p in parts
+    )
 
 
 def _names_its_paper(question: str, top_text: str) -> bool:

@@ -117,6 +117,8 @@ def test_question_names_and_asked_slot():
         "what", [["prompt", "formatting"]]
     )  # "seems" is a verb, not the thing asked for
     assert asked_slot("What SuperGLUE score did ERNIE 3.0 reach?") == ("what", [["superglue"]])  # "score": a form
+    assert asked_slot("Which in-house model did they compare with GPT-3.5?") == ("which", [])  # qualifies "model"
+    assert asked_slot("How many benchmarks does the survey review?") == ("how many", [["benchmarks"]])  # counted
 
 
 # -- answerability
@@ -143,6 +145,15 @@ def test_a_question_that_does_not_name_its_paper_is_not_refused_for_paraphrasing
     assert unanswerable_reason(question, [chat]) is None
     # The same missing word in a question that names its paper is still a reason: the paper never says it.
     assert "formatting" in unanswerable_reason("What prompt formatting does KMMLU use?", [passage(1, "kmmlu", ABSTRACT_A)])
+
+
+def test_a_hyphenated_name_is_found_by_its_parts_and_a_count_needs_some_number():
+    kmmlu = passage(1, "kmmlu", ABSTRACT_A)
+    assert unanswerable_reason("What share of the KMMLU-based questions come from Korean exams?", [kmmlu]) is None
+    assert "GPT-5" in unanswerable_reason("What does GPT-5 score on KMMLU?", [kmmlu])  # a name that is not there
+    survey = passage(1, "survey", "We survey domain specialization techniques for large language models. We propose a "
+                     "taxonomy of them and discuss open problems.")
+    assert "number" in unanswerable_reason("How many papers does the survey on domain specialization review?", [survey])
 
 
 def test_how_many_counts_any_word_of_the_counted_phrase():
