@@ -42,7 +42,7 @@ _INTRODUCES = re.compile(
     re.IGNORECASE,
 )
 _NAMED_THING = re.compile(
-    r"\b(?:what|which)\b(?:\s+[\w\-]+){0,6}?\s+(?P<kind>method|framework|approach|dataset|benchmark|model|algorithm|"
+    r"\b(?:what|which|name (?:the|a|an|one)|tell me (?:the|a|an))\b(?:\s+[\w\-]+){0,6}?\s+(?P<kind>method|framework|approach|dataset|benchmark|model|algorithm|"
     r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
     re.IGNORECASE,
 )
@@ -56,7 +56,7 @@ _ASKS_FOR_WORK = re.compile(
 )
 _ASKS_FOR_A_FIGURE = re.compile(
     r"\bhow (?:many|much|large|big|small|fast|long|high|low|often|far)\b|\bwhat (?:\w+ ){0,3}?(?:percentage|share|"
-    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain)\b",
+    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain|range|margin)s?\b",
     re.IGNORECASE,
 )
 # A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT"),
@@ -82,6 +82,11 @@ def _figures(text: str) -> set[str]:
 def asks_for_a_work(question: str) -> bool:
     """Whether the question asks which method, dataset or piece of work (so the answer should name it)."""
     return bool(_NAMED_THING.search(question) or _ASKS_FOR_WORK.search(question.strip()))
+
+
+def asks_for_a_figure(question: str) -> bool:
+    """Whether the question asks for a number ("how many", "what accuracy", "what range of sizes")."""
+    return bool(_ASKS_FOR_A_FIGURE.search(question))
 
 
 def asked_kind(question: str) -> str | None:
@@ -134,7 +139,7 @@ def grounded_fallback(
         chosen_papers = chosen_papers[:1]
     asks_for_a_name = multi or asks_for_a_work(context.question)
     kind = asked_kind(context.question)
-    asks_for_a_figure = bool(_ASKS_FOR_A_FIGURE.search(context.question))
+    figure_asked = asks_for_a_figure(context.question)
     question_numbers = numbers_in(context.question)
     anchors = question_names(context.question)
     parts = []
@@ -147,7 +152,7 @@ def grounded_fallback(
         if not any(new_facts(paper.sentences[i], context.question) for i in chosen):
             bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
             chosen = chosen[:1] + bearing[:1] if bearing else chosen
-        if asks_for_a_figure and not any(_figures(paper.sentences[i]) - question_numbers for i in chosen):
+        if figure_asked and not any(_figures(paper.sentences[i]) - question_numbers for i in chosen):
             # "How large / how many ...?": the most relevant sentence that gives a figure about something asked.
             asked = terms(context.question)
             figures = [i for i in ranked if i not in chosen and _figures(paper.sentences[i]) - question_numbers

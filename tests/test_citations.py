@@ -174,13 +174,15 @@ def test_a_question_after_a_figure_gets_a_close_sentence_that_gives_one(scorer):
 
 
 def test_what_counts_as_asking_for_a_work():
-    from rag.extractive import asks_for_a_work
+    from rag.extractive import asks_for_a_figure, asks_for_a_work
 
     assert asks_for_a_work("Which papers initialize a target-task prompt from several source prompts?")
     assert asks_for_a_work("Is there work on standardizing job titles from the skills listed in an ad?")
     assert asks_for_a_work("What graph-structured dataset was introduced for image generation?")
     assert asks_for_a_work("Instead of in-prompt examples, can a task vector be mixed into attention heads?")
     assert asks_for_a_work("Can chat assistants be aligned without human preference labels?")
+    assert asks_for_a_figure("In that evaluation, what range of model sizes was tested?")
+    assert asks_for_a_work("Name the framework that curbs object hallucinations through early intervention.")
     assert not asks_for_a_work("How many questions does KMMLU contain?")
     assert not asks_for_a_work("Why do reward models prefer long answers?")
 
