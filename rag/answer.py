@@ -27,7 +27,7 @@ from rag.context import (
     unanswerable_reason,
 )
 from rag.errors import ModelError, QuestionError
-from rag.extractive import grounded_fallback, new_facts
+from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
 from rag.llm import ChatModel, LocalLLM
 from rag.prompts import NOT_IN_CORPUS, Prompts
 from rag.sentences import split_sentences
@@ -260,11 +260,13 @@ class Assistant:
                 checked = check_answer(f"{raw}\n{evidence}", context, self.scorer)
                 checked.unsupported = unsupported
         elif multi:
-            # A question about several papers cites each paper of the context: quote the ones the model left out.
-            cited = {c.paper_id for c in checked.citations}
-            missing = [p.n for p in context.papers if p.paper_id not in cited]
+            # A question about several papers cites each paper of the context: quote the ones the model left out
+            # or only cited for a restatement of the question (which is dropped).
+            answered = papers_answered(checked.text, checked.citations, standalone)
+            missing = [p.n for p in context.papers if p.paper_id not in answered]
             if missing:
-                raw = f"{raw}\n{grounded_fallback(context, multi, papers=missing)}"
+                kept = " ".join(s for s in split_sentences(raw) if adds_to(s, standalone))
+                raw = f"{kept}\n{grounded_fallback(context, multi, papers=missing)}"
                 unsupported = checked.unsupported
                 checked = check_answer(raw, context, self.scorer)
                 checked.unsupported = unsupported

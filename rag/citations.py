@@ -66,6 +66,11 @@ def marker_numbers(group: str) -> list[int]:
     return list(dict.fromkeys(numbers))
 
 
+def cited_numbers(sentence: str) -> list[int]:
+    """The passage numbers a sentence's [n] markers cite, in order."""
+    return list(dict.fromkeys(n for m in _MARKER.finditer(sentence) for n in marker_numbers(m.group(1))))
+
+
 def strip_markers(text: str) -> str:
     return " ".join(_MARKER.sub("", text).split())
 

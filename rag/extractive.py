@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from rag.citations import numbers_in, strip_markers
+from rag.citations import cited_numbers, numbers_in, strip_markers
 from rag.context import Context, question_names, terms
 from rag.sentences import split_sentences
+from rag.types import Citation
 
 FALLBACK_SENTENCES = 2  # sentences quoted per paper by the grounded fallback
 
@@ -33,6 +34,24 @@ def new_facts(text: str, question: str) -> set[str]:
         candidates |= set(_CAPITALISED.findall(sentence.split(" ", 1)[1] if " " in sentence else ""))
     found |= {c for c in candidates if c.lower() not in asked and c.lower() not in _COMMON}
     return found
+
+
+def adds_to(sentence: str, question: str) -> bool:
+    """Whether a sentence adds a name or a number to the question; a lone digit does not count ("The papers
+    that do X are: 1 [1]." restates the question and labels a list)."""
+    return any(not (fact.isdigit() and len(fact) == 1) for fact in new_facts(sentence, question))
+
+
+def papers_answered(text: str, citations: Sequence[Citation], question: str) -> set[str]:
+    """The papers cited by at least one sentence of a checked answer that adds to the question."""
+    paper_of = {c.n: c.paper_id for c in citations}
+    return {
+        paper_of[n]
+        for sentence in split_sentences(text)
+        if adds_to(sentence, question)
+        for n in cited_numbers(sentence)
+        if n in paper_of
+    }
 
 
 _INTRODUCES = re.compile(
@@ -164,7 +183,7 @@ def grounded_fallback(
             # coins a name (an acronym in brackets, a name in the title).
             naming = [
                 i for i in ranked
-                if i not in chosen and _INTRODUCES.search(paper.sentences[i]) and new_facts(paper.sentences[i], context.question)
+                if i not in chosen and _INTRODUCES.search(paper.sentences[i])  # "we propose model specialization"
             ]
             naming.sort(key=lambda i: (not _mentions_kind(paper.sentences[i], kind),
                                        -_naming_strength(paper.sentences[i], paper.title)))

@@ -247,3 +247,18 @@ def test_the_sentence_holding_a_specific_number_of_the_question_is_quoted(scorer
     text = grounded_fallback(_one_paper(question, "Instruction Tuned Models are Quick Learners", abstract, scorer),
                              multi=False, sentences=1)
     assert "Super Natural Instructions" in text
+
+
+def test_a_paper_cited_only_for_a_restatement_of_the_question_is_not_answered():
+    from rag.extractive import adds_to, papers_answered
+    from rag.types import Citation
+
+    question = "Which papers transfer math reasoning from a large model into a smaller one?"
+    citations = [
+        Citation(n=1, source="a.txt", line=1, paper_id="a", title=None, quote="q", score=0.9),
+        Citation(n=2, source="b.txt", line=2, paper_id="b", title=None, quote="q", score=0.9),
+    ]
+    text = ("The papers that transfer math reasoning from a large model into a smaller one are: 1 [1]. "
+            "We propose program distillation with Codex [2].")
+    assert not adds_to("The papers that transfer math reasoning into a smaller one are: 1 [1].", question)
+    assert papers_answered(text, citations, question) == {"b"}
