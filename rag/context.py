@@ -392,7 +392,8 @@ _FORM_WORDS = frozenset(
 _PHRASE_VERBS = frozenset(
     """seem seems appear appears tend tends help helps make makes cause causes trigger triggers lead leads allow
     allows let lets give gives beat beats reach reaches achieve achieves outperform outperforms improve improves
-    enable enables perform performs need needs get gets work works""".split()
+    enable enables perform performs need needs get gets work works took take takes made gave got ran won saw found
+    chose held led wrote built brought""".split()
 )
 _NUMBER_WORDS = frozenset(
     """one two three four five six seven eight nine ten eleven twelve dozen dozens hundred hundreds thousand thousands
@@ -502,20 +503,25 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
         # "How many NL-to-TL pairs ...": any word of the counted phrase, up to its verb, may be the one counted.
         counted = _counted_words(question) or heads
         sentences = [s for i in about for s in split_sentences(ranked[i].text)]
-        if not any(_has_number(s) and any(_mentions(w, terms(s)) for w in counted) for s in sentences):
+        if not any(_counts(s, counted) for s in sentences):
             return f"no passage gives a number of {heads[-1]!r}"
     return None
 
 
+_NAME_AFFIXES = frozenset("based style like level driven specific powered only free aware tuned sized".split())
+
+
 def _name_in(name: str, text: str) -> bool:
-    """Whether a name of the question occurs in a (lower-cased) text; a hyphenated one ("T5-based",
-    "LLM-optimization") also when its parts that are names themselves (capitals, digits) do."""
-    if name.lower() in text:
+    """Whether a name of the question occurs in a (lower-cased) text. A generic affix is not part of the name
+    ("T5-based" is found as "T5"); a hyphenated name without digits is also found by its parts ("LLM-optimization"),
+    but one with digits only as written ("top-5" is not "top-1 ... 5-meter")."""
+    parts = [p for p in name.lower().split("-") if p]
+    core = "-".join(p for p in parts if p not in _NAME_AFFIXES) or name.lower()
+    if core in text:
         return True
-    parts = [p.lower() for p in name.split("-") if p and (p.lower() != p or any(c.isdigit() for c in p))]
-    return len(name.split("-")) > 1 and bool(parts) and all(
-        re.search(rf"(?<![a-z0-9]){re.escape(p)}(?![a-z0-9])", text) for p in parts
-    )
+    if any(c.isdigit() for c in core) or "-" not in core or any(len(p) < 2 for p in core.split("-")):
+        return False  # "ROUGE-L" is not "ROUGE ... (l)"
+    return all(re.search(rf"(?<![a-z0-9]){re.escape(p)}(?![a-z0-9])", text) for p in core.split("-"))
 
 
 def _names_its_paper(question: str, top_text: str) -> bool:
@@ -524,6 +530,19 @@ def _names_its_paper(question: str, top_text: str) -> bool:
     capitalised = [w for w in _NAME.findall(question)[1:] if w[0].isupper()]
     top = top_text.lower()
     return any(n.lower() in top for n in [*question_names(question), *capitalised])
+
+
+def _counts(sentence: str, counted: Sequence[str], window: int = 4) -> bool:
+    """Whether the sentence puts a number before one of the counted words, at most `window` words ahead of it
+    ("35,030 expert-level multiple-choice questions", "28K NL-TL pairs"), not merely somewhere in the sentence."""
+    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9\-.,%']*", sentence)
+    for i, word in enumerate(words):
+        bare = word.rstrip(".,%")
+        if _STANDALONE_NUMBER.fullmatch(bare) or word.lower() in _NUMBER_WORDS or re.fullmatch(r"\d[\d.,]*[KMBkmb]", bare):
+            ahead = words[i + 1 : i + 1 + window]
+            if any(_mentions(c, terms(w)) for c in counted for w in ahead):
+                return True
+    return False
 
 
 def _counted_words(question: str) -> list[str]:

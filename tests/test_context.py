@@ -151,9 +151,21 @@ def test_a_hyphenated_name_is_found_by_its_parts_and_a_count_needs_some_number()
     kmmlu = passage(1, "kmmlu", ABSTRACT_A)
     assert unanswerable_reason("What share of the KMMLU-based questions come from Korean exams?", [kmmlu]) is None
     assert "GPT-5" in unanswerable_reason("What does GPT-5 score on KMMLU?", [kmmlu])  # a name that is not there
+    assert "top-5" in unanswerable_reason("What top-5 accuracy does KMMLU report for 45 subjects?", [kmmlu])
     survey = passage(1, "survey", "We survey domain specialization techniques for large language models. We propose a "
                      "taxonomy of them and discuss open problems.")
     assert "number" in unanswerable_reason("How many papers does the survey on domain specialization review?", [survey])
+
+
+def test_a_count_must_stand_before_the_counted_thing():
+    tiny = passage(1, "tiny", title="TinyStories", text="We introduce TinyStories, a synthetic dataset of short stories "
+                   "that only contain words that a typical 3 to 4-year-old understands. We train models below 10 million "
+                   "parameters on it.")
+    assert "number" in unanswerable_reason("How many stories are in the TinyStories dataset?", [tiny])
+    assert unanswerable_reason("How many parameters do the TinyStories models have?", [tiny]) is None
+    tar = passage(1, "targen", title="TarGEN", text="Pre-finetuned on TarGEN data, T5-3B surpasses the model trained on "
+                  "Self-Instruct by 4.14% points.")
+    assert unanswerable_reason("How many percentage points does T5-3B gain with TarGEN data?", [tar]) is None
 
 
 def test_how_many_counts_any_word_of_the_counted_phrase():
