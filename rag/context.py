@@ -392,7 +392,7 @@ _FORM_WORDS = frozenset(
 _PHRASE_VERBS = frozenset(
     """seem seems appear appears tend tends help helps make makes cause causes trigger triggers lead leads allow
     allows let lets give gives beat beats reach reaches achieve achieves outperform outperforms improve improves
-    enable enables perform performs need needs get gets work works took take takes made gave got ran won saw found
+    enable enables perform performs need needs get gets work works add adds took take takes made gave got ran won saw found
     chose held led wrote built brought""".split()
 )
 _NUMBER_WORDS = frozenset(
@@ -508,7 +508,7 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
     return None
 
 
-_NAME_AFFIXES = frozenset("based style like level driven specific powered only free aware tuned sized".split())
+_NAME_AFFIXES = frozenset("based style like level driven specific powered only free aware tuned sized family series".split())
 
 
 def _name_in(name: str, text: str) -> bool:
@@ -517,7 +517,7 @@ def _name_in(name: str, text: str) -> bool:
     but one with digits only as written ("top-5" is not "top-1 ... 5-meter")."""
     parts = [p for p in name.lower().split("-") if p]
     core = "-".join(p for p in parts if p not in _NAME_AFFIXES) or name.lower()
-    if core in text:
+    if core in text or ("-" in core and core.replace("-", "") in text):  # "GPT-2" is written "GPT2" too
         return True
     if any(c.isdigit() for c in core) or "-" not in core or any(len(p) < 2 for p in core.split("-")):
         return False  # "ROUGE-L" is not "ROUGE ... (l)"
@@ -538,7 +538,7 @@ def _counts(sentence: str, counted: Sequence[str], window: int = 4) -> bool:
     words = re.findall(r"[A-Za-z0-9][A-Za-z0-9\-.,%']*", sentence)
     for i, word in enumerate(words):
         bare = word.rstrip(".,%")
-        if _STANDALONE_NUMBER.fullmatch(bare) or word.lower() in _NUMBER_WORDS or re.fullmatch(r"\d[\d.,]*[KMBkmb]", bare):
+        if _STANDALONE_NUMBER.fullmatch(bare) or word.lower() in _NUMBER_WORDS or re.fullmatch(r"\d[\d.,]*[KMBTkmbt]", bare):
             ahead = words[i + 1 : i + 1 + window]
             if any(_mentions(c, terms(w)) for c in counted for w in ahead):
                 return True

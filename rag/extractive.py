@@ -70,7 +70,7 @@ _NAMED_THING = re.compile(
 # ("Instead of A, can B ...?").
 _ASKS_FOR_WORK = re.compile(
     r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|"
-    r"is it possible|can|could)\b",
+    r"is it possible|can|could)\b|\bwhat(?: is|'s| was| are| were) (?:it|they|this|that|the \w+) (?:called|named)\b",
     re.IGNORECASE,
 )
 _ASKS_FOR_A_FIGURE = re.compile(

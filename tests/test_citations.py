@@ -183,6 +183,7 @@ def test_what_counts_as_asking_for_a_work():
     assert asks_for_a_work("Can chat assistants be aligned without human preference labels?")
     assert asks_for_a_figure("In that evaluation, what range of model sizes was tested?")
     assert asks_for_a_work("Name the framework that curbs object hallucinations through early intervention.")
+    assert asks_for_a_work("I recall a paper that found a cheaper Transformer variant by search. What is it called?")
     assert not asks_for_a_work("How many questions does KMMLU contain?")
     assert not asks_for_a_work("Why do reward models prefer long answers?")
 

@@ -168,6 +168,15 @@ def test_a_count_must_stand_before_the_counted_thing():
     assert unanswerable_reason("How many percentage points does T5-3B gain with TarGEN data?", [tar]) is None
 
 
+def test_names_and_counts_written_another_way_are_found():
+    neo = passage(1, "neo", title="MAP-Neo", text="MAP-Neo is a bilingual model with 7B parameters trained from scratch "
+                  "on 4.5T high-quality tokens. We study the GPT2 circuit and T5 models.")
+    assert unanswerable_reason("How many tokens was the 7B MAP-Neo model trained on?", [neo]) is None  # 4.5T
+    assert unanswerable_reason("Which circuit of GPT-2 does the MAP-Neo paper study?", [neo]) is None  # GPT2
+    assert unanswerable_reason("Which T5-family models does MAP-Neo compare with?", [neo]) is None  # T5
+    assert asked_slot("How many F1 points Bonito adds to Mistral?") == ("how many", [["f1", "points", "bonito"]])
+
+
 def test_how_many_counts_any_word_of_the_counted_phrase():
     nl2tl = passage(1, "nl2tl", title="NL2TL: Transforming Natural Languages to Temporal Logics", text="The translation between natural language (NL) and temporal logic (TL) is under-explored. "
                     "We publish a dataset with 28K NL-TL pairs.")
