@@ -382,7 +382,8 @@ _AUX = frozenset("do does did is are was were can could has have had will would 
 _PREP = frozenset("of for in on to from by with that which who whom at over under between than when where as into across".split())
 _TYPE_WORDS = frozenset(
     """method methods approach approaches framework frameworks technique techniques model models system systems
-    dataset datasets benchmark benchmarks algorithm algorithms paper papers work works study studies""".split()
+    dataset datasets benchmark benchmarks algorithm algorithms paper papers work works study studies suite suites
+    toolkit toolkits library libraries tool tools project projects task tasks corpus corpora""".split()
 )
 _FORM_WORDS = frozenset(
     "percentage percent factor fraction share range level number amount proportion ratio way ways kind type extent "
@@ -417,7 +418,7 @@ def asked_slot(question: str) -> tuple[str, list[list[str]]]:
     if not match:
         return "", []
     wh = match.group(1)
-    words = [w.strip(".'") for w in re.findall(r"[a-z0-9][a-z0-9\-.%']*", match.group(2))]
+    words = [re.sub(r"'s$", "", w).strip(".'") for w in re.findall(r"[a-z0-9][a-z0-9\-.%']*", match.group(2))]
     phrases: list[list[str]] = [[]]
     if wh == "how much" and words and words[0] in _AUX:  # "How much did it cost ..." -> the verb phrase
         for w in words[1:]:
@@ -517,7 +518,8 @@ def _name_in(name: str, text: str) -> bool:
     but one with digits only as written ("top-5" is not "top-1 ... 5-meter")."""
     parts = [p for p in name.lower().split("-") if p]
     core = "-".join(p for p in parts if p not in _NAME_AFFIXES) or name.lower()
-    if core in text or ("-" in core and core.replace("-", "") in text):  # "GPT-2" is written "GPT2" too
+    if core in text or ("-" in core and (core.replace("-", "") in text or core.replace("-", " ") in text)):
+        # "GPT-2" is also written "GPT2", "length-100" also "length 100"
         return True
     if any(c.isdigit() for c in core) or "-" not in core or any(len(p) < 2 for p in core.split("-")):
         return False  # "ROUGE-L" is not "ROUGE ... (l)"
@@ -535,13 +537,17 @@ def _names_its_paper(question: str, top_text: str) -> bool:
 def _counts(sentence: str, counted: Sequence[str], window: int = 4) -> bool:
     """Whether the sentence puts a number before one of the counted words, at most `window` words ahead of it
     ("35,030 expert-level multiple-choice questions", "28K NL-TL pairs"), not merely somewhere in the sentence."""
-    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9\-.,%']*", sentence)
-    for i, word in enumerate(words):
+    tokens = list(re.finditer(r"[A-Za-z0-9][A-Za-z0-9\-.,%']*", sentence))
+    for i, match in enumerate(tokens):
+        word = match.group(0)
         bare = word.rstrip(".,%")
-        if _STANDALONE_NUMBER.fullmatch(bare) or word.lower() in _NUMBER_WORDS or re.fullmatch(r"\d[\d.,]*[KMBTkmbt]", bare):
-            ahead = words[i + 1 : i + 1 + window]
-            if any(_mentions(c, terms(w)) for c in counted for w in ahead):
-                return True
+        if not (_STANDALONE_NUMBER.fullmatch(bare) or word.lower() in _NUMBER_WORDS or re.fullmatch(r"\d[\d.,]*[KMBTkmbt]", bare)):
+            continue
+        if sentence[match.end() : match.end() + 1] == ")" or (bare.isdigit() and len(bare) == 1 and word.endswith(".")):
+            continue  # a list label: "(1) question generation", "1. questions"
+        ahead = [t.group(0) for t in tokens[i + 1 : i + 1 + window]]
+        if any(_mentions(c, terms(w)) for c in counted for w in ahead):
+            return True
     return False
 
 

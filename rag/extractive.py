@@ -70,12 +70,13 @@ _NAMED_THING = re.compile(
 # ("Instead of A, can B ...?").
 _ASKS_FOR_WORK = re.compile(
     r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|"
-    r"is it possible|can|could)\b|\bwhat(?: is|'s| was| are| were) (?:it|they|this|that|the \w+) (?:called|named)\b",
+    r"is it possible|can|could)\b|\bwhat(?: is|'s| was| are| were)\b[^?]{0,60}?\b(?:called|named)\b",
     re.IGNORECASE,
 )
 _ASKS_FOR_A_FIGURE = re.compile(
     r"\bhow (?:many|much|large|big|small|fast|long|high|low|often|far)\b|\bwhat (?:\w+ ){0,3}?(?:percentage|share|"
-    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain|range|margin)s?\b",
+    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain|range|margin)s?\b"
+    r"|\b(?:average|mean|overall|final|top-?\d+)\s+(?:accuracy|score|f1|rate|error)\b|\bnumber of\b",
     re.IGNORECASE,
 )
 # A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT"),

@@ -175,6 +175,13 @@ def test_names_and_counts_written_another_way_are_found():
     assert unanswerable_reason("Which circuit of GPT-2 does the MAP-Neo paper study?", [neo]) is None  # GPT2
     assert unanswerable_reason("Which T5-family models does MAP-Neo compare with?", [neo]) is None  # T5
     assert asked_slot("How many F1 points Bonito adds to Mistral?") == ("how many", [["f1", "points", "bonito"]])
+    assert asked_slot("Which evaluation suite's release showed it?") == ("which", [])  # 'suite' is a kind of thing
+    hint = passage(1, "hint", title="Task hinting", text="Trained on sequences of length at most 20, task hinting "
+                   "reaches 92% accuracy on sequences of length 100.")
+    assert unanswerable_reason("What accuracy on length-100 sequences does task hinting reach?", [hint]) is None
+    edu = passage(1, "edu", title="EduProbe", text="We curate EduProbe, a dataset for (1) question generation from "
+                  "NCERT textbooks, and study (2) prompts.")
+    assert "number" in unanswerable_reason("How many questions does the EduProbe dataset contain?", [edu])
 
 
 def test_how_many_counts_any_word_of_the_counted_phrase():
