@@ -42,8 +42,10 @@ bench: index
 
 eval: index
 	$(VENV)/bin/rag eval --json benchmarks/results/eval_dev.json
-	$(VENV)/bin/rag eval eval/qa_blind.jsonl --json benchmarks/results/eval_blind.json
-	$(VENV)/bin/rag eval eval/qa_blind2.jsonl --json benchmarks/results/eval_blind2.json
+	for set in eval/qa_blind*.jsonl; do \
+		name=$$(basename $$set .jsonl); \
+		$(VENV)/bin/rag eval $$set --json benchmarks/results/eval_$${name#qa_}.json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
