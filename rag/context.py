@@ -393,8 +393,8 @@ _FORM_WORDS = frozenset(
 _PHRASE_VERBS = frozenset(
     """seem seems appear appears tend tends help helps make makes cause causes trigger triggers lead leads allow
     allows let lets give gives beat beats reach reaches achieve achieves outperform outperforms improve improves
-    enable enables perform performs need needs get gets work works add adds took take takes made gave got ran won saw found
-    chose held led wrote built brought""".split()
+    enable enables perform performs need needs get gets work works add adds took take takes made gave got ran
+    won saw found chose held led wrote built brought""".split()
 )
 _NUMBER_WORDS = frozenset(
     """one two three four five six seven eight nine ten eleven twelve dozen dozens hundred hundreds thousand thousands
@@ -488,7 +488,7 @@ def unanswerable_reason(question: str, passages: Sequence[Passage]) -> str | Non
         # passages lack is then no evidence that the answer is missing.
         return None
     # The papers the question is about: the best one, plus those naming every name of the question.
-    about = [0] + [i for i in range(1, len(texts)) if names and all(n.lower() in texts[i].lower() for n in names)]
+    about = [0] + [i for i in range(1, len(texts)) if names and all(_name_in(n, texts[i].lower()) for n in names)]
     if not names:
         about = list(range(min(2, len(texts))))
     paper_terms = [terms(texts[i]) for i in about]
