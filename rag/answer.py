@@ -28,6 +28,7 @@ from rag.context import (
 )
 from rag.errors import ModelError, QuestionError
 from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
+from rag.inputs import InvalidText, clean_text, passages_k, question_text
 from rag.llm import ChatModel, LocalLLM
 from rag.prompts import NOT_IN_CORPUS, Prompts
 from rag.sentences import split_sentences
@@ -181,14 +182,8 @@ class Assistant:
         assert answer is not None  # stream() always ends with done or raises
         return answer
 
-    def _validate(self, question: str) -> str:
-        if not isinstance(question, str) or not question.strip():
-            raise QuestionError("the question is empty: ask something about the papers")
-        question = " ".join(question.split())
-        limit = self.settings.answer.max_question_chars
-        if len(question) > limit:
-            raise QuestionError(f"the question is {len(question)} characters long; the limit is {limit}: shorten it")
-        return question
+    def _validate(self, question: object) -> str:
+        return question_text(question, self.settings.answer.max_question_chars)
 
     def stream(
         self,
@@ -199,7 +194,13 @@ class Assistant:
         max_tokens: int | None = None,
     ) -> Iterator[StreamEvent]:
         question = self._validate(question)
+        k = passages_k(k)
         history = [t if isinstance(t, ChatTurn) else ChatTurn.model_validate(t) for t in history]
+        for turn in history:
+            try:
+                clean_text(turn.content, f"a {turn.role} turn of the history")
+            except InvalidText as e:
+                raise QuestionError(str(e)) from e
         return self._stream(question, history, k, temperature, max_tokens)
 
     def _stream(
