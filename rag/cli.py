@@ -186,10 +186,14 @@ def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, mod
     """Answer every question of INPUT (.jsonl {"id","question"}, .txt, .csv id,question) into OUTPUT.jsonl.
 
     Resumable: ids already in OUTPUT are skipped. A malformed line gives an error record, not a stop.
+    One question per line in every format (a CSV question cannot span lines).
     """
     from rag.answer import Assistant
-    from rag.batch import run_batch
+    from rag.batch import check_paths, read_items, run_batch
 
+    # Wrong paths (OUTPUT a folder, or the input itself) and an input without questions fail before the model loads.
+    check_paths(input_path, output)
+    read_items(input_path)
     assistant = Assistant(_checked_model_settings(ctx, model))
     try:
         counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
