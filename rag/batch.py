@@ -214,7 +214,7 @@ def read_items(path: Path) -> list[BatchItem]:
 
 
 def done_ids(out: Path) -> set[str]:
-    """Ids already answered in OUT; a torn last line (killed mid-write) is cut off so appends stay valid JSONL."""
+    """Ids already answered without error in OUT; a torn last line (killed mid-write) is cut off so appends stay valid JSONL."""
     if not out.exists():
         return set()
     data = out.read_bytes()
@@ -224,9 +224,17 @@ def done_ids(out: Path) -> set[str]:
         if not raw.strip():
             continue
         try:
-            ids.add(str(json.loads(raw.decode("utf-8", errors="replace"))["id"]))
+            record = json.loads(raw.decode("utf-8", errors="replace"))
+            record_id = str(record["id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             logger.warning("ignoring an unreadable line in %s", out)
+            continue
+        # An error record (a malformed line since fixed, a model that was down) is tried again on the next run;
+        # the newest record of an id is the one that counts.
+        if record.get("error"):
+            ids.discard(record_id)
+        else:
+            ids.add(record_id)
     if len(keep) != len(data):
         logger.warning("%s ended with a partial record (interrupted run); it will be answered again", out)
         with out.open("r+b") as f:

@@ -84,8 +84,6 @@ def search(ctx: click.Context, query: str, k: int | None, as_json: bool) -> None
     """Hybrid (BM25 + dense) search: ranked passages with file:line."""
     from rag.retrieval import Retriever
 
-    if not query.strip():
-        raise click.UsageError("the query is empty")
     passages = Retriever(_settings(ctx)).search(query, k)
     if as_json:
         click.echo(json.dumps([p.model_dump(exclude={"chunk_text"}) for p in passages], ensure_ascii=False))

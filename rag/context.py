@@ -306,6 +306,14 @@ def build_context(
     n_ctx = llm.n_ctx
     papers = select_papers(question, passages, scorer, settings)
     overhead = llm.count_chat_tokens(render_messages(question, [], prompts))
+    # A run-on sentence of an abstract longer than the window is cut to fit, so it is never blamed on the question.
+    longest = n_ctx - overhead - MIN_ANSWER_TOKENS - PASSAGE_OVERHEAD - 1
+    if longest < 1:
+        raise QuestionError(
+            f"the question is too long for the model's context window ({overhead} prompt tokens of {n_ctx}): shorten it"
+        )
+    for paper in papers:
+        paper.sentences = [fit_sentence(s, longest, llm) for s in paper.sentences]
     smallest = min((llm.count_tokens(s) for p in papers[:1] for s in p.sentences), default=0) + 1 + PASSAGE_OVERHEAD
     if overhead + max_tokens + smallest > n_ctx:
         max_tokens = max(MIN_ANSWER_TOKENS, n_ctx - overhead - smallest)
@@ -357,6 +365,28 @@ def build_context(
         raise QuestionError(f"the question is too long for the model's context window ({n_ctx} tokens): shorten it")
     logger.debug("context: %d papers, %d sentences, %d prompt tokens", len(shown), sum(len(p.chosen) for p in shown), prompt_tokens)
     return Context(question=question, papers=shown, messages=messages, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+
+
+def fit_sentence(sentence: str, max_tokens: int, llm: ChatModel) -> str:
+    """The sentence, or its longest word prefix that fits in max_tokens followed by '…' (still a verbatim quote)."""
+    if llm.count_tokens(sentence) <= max_tokens:
+        return sentence
+    words = sentence.split()
+    low, high = 0, len(words)  # the longest prefix of `low` words fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if llm.count_tokens(" ".join(words[:middle]) + "…") <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    if low == 0:  # one "word" longer than the window (a run of symbols): cut it by characters
+        text, low, high = words[0] if words else sentence, 0, len(words[0] if words else sentence)
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if llm.count_tokens(text[:middle] + "…") <= max_tokens else (low, middle - 1)
+        return text[: max(low, 1)] + "…"
+    logger.info("cut a %d-word sentence to %d words to fit the context window", len(words), low)
+    return " ".join(words[:low]) + "…"
 
 
 def _renumber(papers: list[PaperContext]) -> list[PaperContext]:

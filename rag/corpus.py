@@ -25,6 +25,7 @@ from enum import Enum
 from pathlib import Path
 
 from rag.errors import CorpusError
+from rag.inputs import InvalidText, clean_text, has_real_text
 from rag.types import Location, Paper, PaperRecord
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ PAGE_CHROME = frozenset(
 # A text line longer than this cannot be a title (titles in the corpus are at most ~140 chars,
 # abstracts at least ~800).
 MAX_TITLE_CHARS = 300
+# What one record may be (refused with file:line beyond it). Real abstracts are far shorter (arXiv caps them at
+# 1,920 characters, PubMed's longest run to ~10,000); a longer "abstract" is a whole paper or a broken export,
+# and one such record must not fill the index (it becomes thousands of chunks).
+MAX_ABSTRACT_CHARS = 20_000
+MAX_TITLE_FIELD_CHARS = 1_000
 _MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec"
 # "Dec 19, 2023", "Jun 9", and either with a trailing upvote count: "Jul 3, 2024 3", "Aug 27 3".
 _DATE_RE = re.compile(rf"^(?P<date>(?:{_MONTHS}) \d{{1,2}}(?:, \d{{4}})?)(?: (?P<count>\d+))?$")
@@ -79,9 +85,24 @@ def _read_lines(path: Path) -> list[str]:
     return [line.rstrip("\r") for line in text.split("\n")]
 
 
-def _record(abstract: str, source: str, line: int, title: str | None = None, **meta: object) -> PaperRecord:
+def _record(abstract: str, path: Path, line: int, title: str | None = None, **meta: object) -> PaperRecord:
+    """A checked record: valid Unicode, control characters turned into spaces, some real text, within the limits."""
+    try:
+        abstract = clean_text(abstract, "the abstract").strip()
+        title = clean_text(title, "the title").strip() or None if title is not None else None
+    except InvalidText as e:
+        raise _error(path, line, str(e), "fix or remove the record") from e
+    if not has_real_text(abstract):
+        raise _error(path, line, "the abstract holds no letters or digits (empty, NUL bytes or punctuation only)",
+                     "fix or remove the record")
+    if len(abstract) > MAX_ABSTRACT_CHARS:
+        raise _error(path, line, f"the abstract is {len(abstract):,} characters long; the limit is {MAX_ABSTRACT_CHARS:,}",
+                     "split it into papers or shorten it (is it a whole paper rather than an abstract?)")
+    if title is not None and len(title) > MAX_TITLE_FIELD_CHARS:
+        raise _error(path, line, f"the title is {len(title):,} characters long; the limit is {MAX_TITLE_FIELD_CHARS:,}",
+                     "shorten it")
     return PaperRecord(
-        paper_id=paper_id_for(abstract), title=title, abstract=abstract, source=source, line=line, **meta
+        paper_id=paper_id_for(abstract), title=title, abstract=abstract, source=path.name, line=line, **meta
     )
 
 
@@ -106,7 +127,7 @@ def _parse_abstract_lines(path: Path, lines: list[str]) -> list[PaperRecord]:
         if not abstract:
             raise _error(path, number, f"{ABSTRACT_PREFIX!r} with no text (truncated line?)",
                          "restore the abstract text or remove the line")
-        records.append(_record(abstract, path.name, number))
+        records.append(_record(abstract, path, number))
     return records
 
 
@@ -175,7 +196,7 @@ def _parse_listing(path: Path, lines: list[str]) -> list[PaperRecord]:
                     title = token
                 else:
                     logger.warning("%s:%d: abstract without a title line; keeping it untitled", path, token.line)
-                    records.append(_record(token.text, path.name, token.line))
+                    records.append(_record(token.text, path, token.line))
             else:
                 following = next((t for t in tokens[i + 1:] if t.kind is not _Kind.CHROME), None)
                 if _title_shaped(token) and following is not None and following.kind is _Kind.TEXT \
@@ -183,7 +204,7 @@ def _parse_listing(path: Path, lines: list[str]) -> list[PaperRecord]:
                     raise no_abstract(title, f"line {token.line} is another title")
                 if len(token.text) < 200:
                     logger.warning("%s:%d: unusually short abstract (%d chars)", path, token.line, len(token.text))
-                records.append(_record(token.text, path.name, token.line, title=title.text))
+                records.append(_record(token.text, path, token.line, title=title.text))
                 title = None
         elif token.kind is _Kind.DATE and (previous is None or previous.kind is _Kind.CHROME):
             logger.debug("%s:%d: day header %r skipped", path, token.line, token.text)
@@ -233,7 +254,7 @@ def _parse_jsonl(path: Path, lines: list[str]) -> list[PaperRecord]:
         if date is not None and not isinstance(date, str):
             raise _error(path, number, '"date" must be a string or null', fix)
         records.append(
-            _record(abstract.strip(), path.name, number, title=(title or "").strip() or None,
+            _record(abstract.strip(), path, number, title=(title or "").strip() or None,
                     authors_count=authors_count, date=(date or "").strip() or None)
         )
     return records

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from rag.chunking import chunk_papers, chunking_signature
 from rag.config import Settings
-from rag.corpus import load_corpus
+from rag.corpus import CorpusLoad, load_corpus
+from rag.datadir import writer_lock
 from rag.embedding import Embedder
 from rag.index import check_compatible, index_fingerprint
 from rag.store import (
@@ -27,8 +28,10 @@ from rag.store import (
     META_EMBEDDER,
     META_FINGERPRINT,
     META_LAST_INGEST,
+    META_LAYOUT,
     META_PAPERS,
     META_STATE,
+    LAYOUT,
     Store,
     chunk_metadata,
 )
@@ -52,6 +55,9 @@ def chunk_hashes(chunk: Chunk, paper: Paper) -> tuple[str, str]:
     return embed_hash, _hash(embed_hash, chunk.text, paper.abstract, chunk.title or "", chunk.date or "", locations)
 
 
+REBUILD_SUFFIX = "-rebuild"
+
+
 def ingest(
     settings: Settings,
     paths: Sequence[Path] | None = None,
@@ -59,32 +65,57 @@ def ingest(
     progress: bool = False,
     embedder: Embedder | None = None,
 ) -> IngestSummary:
+    """Bring the index in line with the corpus; one writer at a time per data dir (others wait their turn).
+
+    A rebuild is written into a collection of its own and swapped in when complete: readers keep the old index
+    until then, and an interrupted rebuild leaves it as it was.
+    """
     started = time.perf_counter()
     corpus = load_corpus(list(paths) if paths else settings.corpus_paths)  # raises before any write
+    embedder = embedder or Embedder(settings.embedding)
+    with writer_lock(settings.data_dir):
+        leftover = Store(settings.chroma_dir, settings.collection + REBUILD_SUFFIX)
+        if leftover.exists():  # an interrupted rebuild: never half-visible, started afresh when asked again
+            logger.info("dropping the unfinished rebuild %s", leftover.collection_name)
+            leftover.delete_collection()
+        store = Store(settings.chroma_dir, settings.collection + REBUILD_SUFFIX if rebuild else settings.collection)
+        summary = _sync(store, corpus, embedder, settings, progress)
+        if rebuild:
+            logger.info("rebuilt: %s replaces %s", store.collection_name, settings.collection)
+            store.replace(settings.collection)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    logger.info("ingest: %s", summary.model_dump())
+    return summary
+
+
+def _sync(store: Store, corpus: CorpusLoad, embedder: Embedder, settings: Settings, progress: bool) -> IngestSummary:
+    """Embed and write what is new or changed, rewrite moved metadata, remove what is gone; mark the index complete."""
     papers = {p.paper_id: p for p in corpus.papers}
     chunks = chunk_papers(corpus.papers, settings.chunking)
     hashes = {c.chunk_id: chunk_hashes(c, papers[c.paper_id]) for c in chunks}
-
-    embedder = embedder or Embedder(settings.embedding)
     signature = chunking_signature(settings.chunking)
-    store = Store(settings.chroma_dir, settings.collection)
-    if rebuild and store.exists():
-        logger.info("rebuilding: dropping collection %s", settings.collection)
-        store.delete_collection()
     if store.exists():
         check_compatible(store, embedder.name, signature)
     else:
-        store.collection(create_with={META_EMBEDDER: embedder.name, META_CHUNKING: signature, META_STATE: "writing"})
+        store.collection(
+            create_with={META_EMBEDDER: embedder.name, META_CHUNKING: signature, META_STATE: "writing", META_LAYOUT: LAYOUT}
+        )
 
     stored = store.stored_hashes()
     to_embed = [c for c in chunks if stored.get(c.chunk_id, ("", ""))[0] != hashes[c.chunk_id][0]]
-    # Same embedded text (so same document too), other metadata: rewrite the metadata only.
+    # Same embedded text (so same document too), other metadata: rewrite the metadata only. An index written with an older metadata layout gets every stored chunk's metadata rewritten (no re-embedding).
+    relayout = store.metadata.get(META_LAYOUT) != LAYOUT
+    embedding = {c.chunk_id for c in to_embed}
     to_update = [
-        c for c in chunks if c not in to_embed and c.chunk_id in stored and stored[c.chunk_id][1] != hashes[c.chunk_id][1]
+        c
+        for c in chunks
+        if c.chunk_id not in embedding
+        and c.chunk_id in stored
+        and (relayout or stored[c.chunk_id][1] != hashes[c.chunk_id][1])
     ]
     to_remove = sorted(set(stored) - set(hashes))
 
-    if to_embed or to_update or to_remove or store.metadata.get(META_STATE) != "complete":
+    if to_embed or to_update or to_remove or relayout or store.metadata.get(META_STATE) != "complete":
         store.update_metadata(**{META_STATE: "writing"})
         if to_update:
             store.update_metadatas([c.chunk_id for c in to_update], [_metadata(c, papers, hashes) for c in to_update])
@@ -94,12 +125,13 @@ def ingest(
     store.update_metadata(
         **{
             META_STATE: "complete",
+            META_LAYOUT: LAYOUT,
             META_FINGERPRINT: index_fingerprint({k: v[1] for k, v in hashes.items()}, embedder.name, signature),
             META_PAPERS: len(papers),
             META_LAST_INGEST: datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    summary = IngestSummary(
+    return IngestSummary(
         records=len(corpus.records),
         duplicates=corpus.duplicates,
         papers=len(papers),
@@ -107,10 +139,8 @@ def ingest(
         chunks_updated=len(to_update),
         chunks_unchanged=len(chunks) - len(to_embed) - len(to_update),
         chunks_removed=len(to_remove),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=0.0,
     )
-    logger.info("ingest: %s", summary.model_dump())
-    return summary
 
 
 def _write(

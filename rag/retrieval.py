@@ -18,7 +18,9 @@ import numpy as np
 from rag.config import Settings
 from rag.embedding import Embedder
 from rag.index import open_index
-from rag.store import META_FINGERPRINT, Store, StoredChunk
+from rag.inputs import passages_k, question_text
+from rag.errors import IndexError_
+from rag.store import META_FINGERPRINT, META_STATE, Store, StoredChunk, paper_abstract
 from rag.types import Location, Passage, display_label
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _LexicalIndex:
     fingerprint: str
+    collection_id: str
     chunks: list[StoredChunk]
     position: dict[str, int]
     embeddings: np.ndarray  # (n_chunks, dim), normalised
@@ -53,6 +56,15 @@ def _tokenize(texts: list[str], stemmer) -> object:
     return _bm25s().tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
 
 
+def _abstract_of(lexical: _LexicalIndex, paper_id: str) -> str:
+    """A paper's whole abstract: stored once, with its first chunk (see rag.store.chunk_metadata)."""
+    rows = lexical.paper_rows[paper_id]
+    first = min((lexical.chunks[row] for row in rows), key=lambda c: int(c.metadata.get("ordinal", 0)))
+    if int(first.metadata.get("ordinal", 0)) != 0:  # pragma: no cover - a paper always keeps its chunk 0
+        return " ".join(lexical.chunks[row].text for row in rows)
+    return paper_abstract(first.text, first.metadata)
+
+
 class Retriever:
     def __init__(self, settings: Settings, embedder: Embedder | None = None):
         self.settings = settings
@@ -63,18 +75,41 @@ class Retriever:
 
     # -- index --------------------------------------------------------------------------
     def _index(self) -> tuple[Store, _LexicalIndex]:
-        """The store and a lexical index consistent with it (rebuilt when the collection changed)."""
+        """The store and a lexical index consistent with it, rebuilt when the collection changed.
+
+        The collection is looked up afresh on every call, so a re-ingest or a rebuild by another process is seen
+        at the next question. While another process is writing (the collection is marked unfinished), the index
+        already loaded keeps answering; with none loaded yet, the error says to wait or run `rag ingest`.
+        """
         with self._lock:
-            if self._store is None:
-                self._store = open_index(self.settings, self.embedder)
-            fingerprint = str(self._store.metadata.get(META_FINGERPRINT, ""))
-            if self._lexical is None or self._lexical.fingerprint != fingerprint:
-                self._store = open_index(self.settings, self.embedder)  # re-check state after a re-ingest
-                self._lexical = self._build_lexical(self._store, fingerprint)
-            return self._store, self._lexical
+            store = self._store or Store(self.settings.chroma_dir, self.settings.collection)
+            self._store = store
+            collection_id = self._reopen(store)
+            meta = store.metadata
+            fingerprint = str(meta.get(META_FINGERPRINT, ""))
+            current = self._lexical
+            if current is not None and (current.fingerprint, current.collection_id) == (fingerprint, collection_id):
+                return store, current
+            if meta.get(META_STATE) != "complete" and current is not None:
+                logger.info("the index is being written by another process: answering from the one loaded")
+                return store, current
+            open_index(self.settings, self.embedder)  # refuses a missing, unfinished or incompatible index
+            self._lexical = self._build_lexical(store, fingerprint, collection_id)
+            return store, self._lexical
+
+    def _reopen(self, store: Store, attempts: int = 10) -> str:
+        """The collection's current id; a rebuild's swap (old dropped, new renamed) takes milliseconds: wait it out."""
+        for attempt in range(attempts):
+            try:
+                return store.reopen()
+            except IndexError_:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _build_lexical(store: Store, fingerprint: str) -> _LexicalIndex:
+    def _build_lexical(store: Store, fingerprint: str, collection_id: str) -> _LexicalIndex:
         bm25s = _bm25s()
         started = time.perf_counter()
         chunks = store.all_chunks(with_embeddings=True)
@@ -89,7 +124,7 @@ class Retriever:
         for row, c in enumerate(chunks):
             paper_rows.setdefault(c.metadata["paper_id"], []).append(row)
         position = {c.chunk_id: i for i, c in enumerate(chunks)}
-        return _LexicalIndex(fingerprint, chunks, position, embeddings, paper_rows, bm25, stemmer)
+        return _LexicalIndex(fingerprint, collection_id, chunks, position, embeddings, paper_rows, bm25, stemmer)
 
     def fingerprint(self) -> str:
         return self._index()[1].fingerprint
@@ -97,7 +132,7 @@ class Retriever:
     def abstracts(self) -> list[str]:
         """The whole abstract of every indexed paper, once each."""
         lexical = self._index()[1]
-        return list(dict.fromkeys(c.metadata.get("abstract") or c.text for c in lexical.chunks))
+        return [_abstract_of(lexical, paper_id) for paper_id in lexical.paper_rows]
 
     def invalidate(self) -> None:
         """Forget the open store (call after a re-ingest in the same process)."""
@@ -116,7 +151,8 @@ class Retriever:
     def search(self, query: str, k: int | None = None) -> list[Passage]:
         """The k best papers for the query, best first."""
         cfg = self.settings.retrieval
-        k = k or cfg.k
+        query = question_text(query, self.settings.answer.max_question_chars, what="the query")
+        k = passages_k(k) or cfg.k
         store, lexical = self._index()
         query_vector = self.embedder.embed([query])[0]
         n = max(cfg.candidates, k * 3)
@@ -143,13 +179,15 @@ class Retriever:
         for rank, (paper_id, (score, chunk_id)) in enumerate(ranked, start=1):
             chunk = lexical.chunks[lexical.position[chunk_id]]
             paper_similarity = float(similarity[lexical.paper_rows[paper_id]].max())
-            passages.append(self._passage(rank, score, chunk, paper_similarity, bm25_by_chunk))
+            abstract = _abstract_of(lexical, paper_id)
+            passages.append(self._passage(rank, score, chunk, abstract, paper_similarity, bm25_by_chunk))
         return passages
 
     @staticmethod
-    def _passage(rank: int, score: float, chunk: StoredChunk, similarity: float, bm25: dict[str, float]) -> Passage:
+    def _passage(
+        rank: int, score: float, chunk: StoredChunk, abstract: str, similarity: float, bm25: dict[str, float]
+    ) -> Passage:
         meta = chunk.metadata
-        abstract = meta.get("abstract") or chunk.text
         title = meta.get("title") or None
         return Passage(
             rank=rank,

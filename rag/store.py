@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,10 +28,30 @@ META_STATE = "rag_state"  # "complete" | "writing"
 META_FINGERPRINT = "rag_fingerprint"
 META_LAST_INGEST = "rag_last_ingest"
 META_PAPERS = "rag_papers"
+META_LAYOUT = "rag_layout"  # how chunk metadata is laid out; an older layout is rewritten (not re-embedded) by ingest
+LAYOUT = "abstract-once-v2"
+OPTIONAL_KEYS = ("abstract",)  # chunk metadata keys that only some chunks carry
 
 # chromadb 1.5 fails when two threads create a PersistentClient for one path at the same moment (seen
 # in the web app: the page's status check and the first question racing): creation is serialised.
 _CLIENT_LOCK = threading.Lock()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether Chroma can open the store in place (it writes its SQLite journal even to read)."""
+    return os.access(folder, os.W_OK) and all(os.access(p, os.W_OK) for p in folder.rglob("*") if p.is_file())
+
+
+def _read_only_snapshot(folder: Path) -> Path:
+    """A private copy of a store we may not write to (a read-only disk or another user's index), removed at exit:
+    Chroma cannot open a store it cannot write, but questions only read."""
+    copy = Path(tempfile.mkdtemp(prefix="rag-index-snapshot-"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    shutil.copytree(folder, copy / "chroma")
+    for path in [copy / "chroma", *(copy / "chroma").rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    logger.warning("the index at %s is read-only: answering from a copy of it in %s", folder, copy)
+    return copy / "chroma"
 
 
 @dataclass(frozen=True)
@@ -42,10 +65,11 @@ class StoredChunk:
 def chunk_metadata(chunk: Chunk, embed_hash: str, content_hash: str, abstract: str, locations: list[dict[str, Any]]) -> dict[str, Any]:
     """Flat, None-free metadata for one chunk (Chroma accepts only str/int/float/bool values).
 
-    The whole abstract rides along with each chunk: chunks are the unit of embedding, papers the unit
-    of display and citation.
+    Chunks are the unit of embedding, papers the unit of display and citation, and the whole abstract is stored
+    once per paper: on the first chunk ('paper_id:0') of a paper split into several chunks, and not at all for a
+    paper that is one chunk (its document is the abstract). See `paper_abstract`.
     """
-    return {
+    metadata: dict[str, Any] = {
         "paper_id": chunk.paper_id,
         "ordinal": chunk.ordinal,
         "title": chunk.title or "",
@@ -53,11 +77,18 @@ def chunk_metadata(chunk: Chunk, embed_hash: str, content_hash: str, abstract: s
         "line": chunk.line,
         "date": chunk.date or "",
         "embed_text": chunk.embed_text,
-        "abstract": abstract,
         "locations": json.dumps(locations),
         "embed_hash": embed_hash,
         "content_hash": content_hash,
     }
+    if chunk.ordinal == 0 and chunk.text != abstract:
+        metadata["abstract"] = abstract
+    return metadata
+
+
+def paper_abstract(first_chunk_text: str, first_chunk_metadata: dict[str, Any]) -> str:
+    """The whole abstract of a paper, from its first chunk (the inverse of chunk_metadata's rule)."""
+    return str(first_chunk_metadata.get("abstract") or first_chunk_text)
 
 
 class Store:
@@ -70,17 +101,26 @@ class Store:
         self._collection = None
 
     # -- client and collection -------------------------------------------------------------
-    def _get_client(self):
+    def _get_client(self, create: bool = False):
+        """The Chroma client; the store's folder is made only for a writer (`create`), so readers write nothing."""
         if self._client is None:
+            if not create and not self.chroma_dir.is_dir():
+                raise IndexError_(f"no index at {self.chroma_dir}: run `rag ingest` first")
             os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
             import chromadb
             from chromadb.config import Settings as ChromaSettings
 
-            self.chroma_dir.mkdir(parents=True, exist_ok=True)
+            path = self.chroma_dir
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                if not create and not _writable(path):
+                    path = _read_only_snapshot(path)
+            except OSError as e:
+                raise IndexError_(f"cannot open the Chroma store at {self.chroma_dir}: {e}") from e
             try:
                 with _CLIENT_LOCK:
                     self._client = chromadb.PersistentClient(
-                        path=str(self.chroma_dir),
+                        path=str(path),
                         settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
                     )
             except Exception as e:  # noqa: BLE001 - a broken store is one clear error
@@ -99,23 +139,48 @@ class Store:
     def collection(self, create_with: dict[str, Any] | None = None):
         """The collection; created (cosine space, no Chroma embedder) only when `create_with` metadata is given."""
         if self._collection is None:
-            client = self._get_client()
-            if self.exists():
+            client = self._get_client(create=create_with is not None)
+            try:
                 self._collection = client.get_collection(self.collection_name, embedding_function=None)
-            elif create_with is not None:
+            except Exception as e:  # noqa: BLE001 - chromadb raises NotFoundError (ValueError before 1.0)
+                if "does not exist" not in str(e) and type(e).__name__ != "NotFoundError":
+                    raise IndexError_(f"cannot open the index at {self.chroma_dir}: {e}") from e
+                if create_with is None:
+                    raise IndexError_(f"no index at {self.chroma_dir}: run `rag ingest` first") from e
                 self._collection = client.create_collection(
                     self.collection_name,
                     configuration={"hnsw": {"space": "cosine"}},
                     metadata=create_with,
                     embedding_function=None,
                 )
-            else:
-                raise IndexError_(f"no index at {self.chroma_dir}: run `rag ingest` first")
         return self._collection
 
     def delete_collection(self) -> None:
         if self.exists():
             self._get_client().delete_collection(self.collection_name)
+        self._collection = None
+
+    def reopen(self) -> str:
+        """Look the collection up again by name (another process may have rebuilt it) and return its id.
+
+        A collection object is a snapshot: its metadata and id are those it had when it was fetched."""
+        self._collection = None
+        return str(self.collection().id)
+
+    @property
+    def collection_id(self) -> str:
+        return str(self.collection().id)
+
+    def replace(self, name: str) -> None:
+        """Put this collection in the place of the collection called `name` (dropped), taking its name.
+
+        A rebuild is written into a collection of its own and swapped in only when complete, so a reader keeps
+        answering from the old index meanwhile, and an interrupted rebuild leaves the old index as it was."""
+        client = self._get_client()
+        if name in {getattr(c, "name", c) for c in client.list_collections()}:
+            client.delete_collection(name)
+        self.collection().modify(name=name)
+        self.collection_name = name
         self._collection = None
 
     @property
@@ -159,9 +224,13 @@ class Store:
             )
 
     def update_metadatas(self, ids: Sequence[str], metadatas: Sequence[dict]) -> None:
-        """Replace chunks' metadata, keeping their documents and embeddings."""
+        """Replace chunks' metadata, keeping their documents and embeddings.
+
+        Chroma merges an update into the stored metadata; a key given as None is deleted, so the optional keys
+        are sent as None where absent (an abstract stays only where chunk_metadata puts it)."""
+        replacing = [{**dict.fromkeys(OPTIONAL_KEYS), **m} for m in metadatas]
         for part in self._batches(len(ids)):
-            self.collection().update(ids=list(ids[part]), metadatas=list(metadatas[part]))
+            self.collection().update(ids=list(ids[part]), metadatas=replacing[part])
 
     def delete(self, ids: Sequence[str]) -> None:
         for part in self._batches(len(ids)):

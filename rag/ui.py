@@ -21,9 +21,12 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 
 import gradio as gr  # noqa: E402
 
+from starlette.middleware import Middleware  # noqa: E402
+
 from rag.config import Settings  # noqa: E402
 from rag.errors import ModelError, RagError  # noqa: E402
 from rag.types import Answer, ChatTurn  # noqa: E402
+from rag.web_guard import SameOriginOnly  # noqa: E402
 from rag.ui_html import (  # noqa: E402
     CURSOR,
     STOPPED_NOTE,
@@ -47,6 +50,7 @@ CSS_PATH = STATIC_DIR / "ui.css"
 TITLE = "Abstracts assistant"
 CONCURRENCY_LIMIT = 2  # one answer generating while the next one retrieves; the model lock serialises generation
 QUEUE_MAX_SIZE = 64
+MAX_UPLOAD_BYTES = 1024  # no component takes a file; Gradio's /upload route is refused anything bigger
 
 #: Real questions about the bundled corpus, shown in the empty chat.
 EXAMPLE_QUESTIONS: tuple[str, ...] = (
@@ -239,7 +243,7 @@ class ChatCallbacks:
             session.streaming = False
             session.messages[-1] = _bot_message(render_error(_user_error(e)))
             yield session.messages, session, gr.update(), gr.update()
-            raise gr.Error(_user_error(e), title="Could not answer") from e
+            raise gr.Error(_user_error(e), title="Could not answer", print_exception=not isinstance(e, RagError)) from e
 
     def _finish(self, session: ChatSession, question: str, answer: Answer) -> tuple[Any, ...]:
         session.messages[-1] = _bot_message(render_answer(answer))
@@ -319,11 +323,13 @@ class ChatCallbacks:
         try:
             turns = [ChatTurn.model_validate(t) for t in (history or [])]
         except ValueError as e:
-            raise gr.Error(f"bad history: {e}") from e
+            logger.warning("/ask refused: bad history")
+            raise gr.Error(f"bad history: {e}", print_exception=False) from e
         try:
-            answer = self.pool.get().ask(question, turns, k=int(k) if k else None)
+            answer = self.pool.get().ask(question, turns, k=k)
         except RagError as e:
-            raise gr.Error(str(e), title="Could not answer") from e
+            logger.warning("/ask refused: %s", e)  # one line per rejected request, no traceback
+            raise gr.Error(str(e), title="Could not answer", print_exception=False) from e
         return answer.model_dump(mode="json")
 
 
@@ -354,6 +360,10 @@ def launch_options() -> dict[str, Any]:
         "share": False,
         "show_error": True,
         "enable_monitoring": False,
+        # The app takes no files, but Gradio's upload route exists on every app: keep what it accepts tiny.
+        "max_file_size": MAX_UPLOAD_BYTES,
+        # A page of another site may not drive this one (Gradio itself only withholds the CORS header).
+        "app_kwargs": {"middleware": [Middleware(SameOriginOnly)]},
     }
 
 

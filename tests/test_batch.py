@@ -246,3 +246,17 @@ def test_a_line_separator_inside_a_question_stays_one_line_and_resumes(tmp_path:
     assert done_ids(out) == {"s"}
     second = ScriptedAnswerer()
     assert run_batch(second, src, out, progress=False)["skipped"] == 1 and second.asked == []
+
+
+def test_error_records_are_tried_again_on_the_next_run(tmp_path: Path):
+    src = tmp_path / "q.jsonl"
+    src.write_text('{"id": "a", "question": "fine?"}\n{"id": "b", "question": "TOO LONG?"}\n')
+    out = tmp_path / "out.jsonl"
+    run_batch(ScriptedAnswerer(fail_on="TOO LONG"), src, out, progress=False)
+    assert done_ids(out) == {"a"}
+    src.write_text('{"id": "a", "question": "fine?"}\n{"id": "b", "question": "short now?"}\n')  # the line is fixed
+    answerer = ScriptedAnswerer()
+    counts = run_batch(answerer, src, out, progress=False)
+    assert answerer.asked == ["short now?"] and counts["skipped"] == 1 and counts["answered"] == 1
+    newest = {r["id"]: r for r in _records(out)}  # the newest record of an id is the one that counts
+    assert newest["b"]["error"] is None and done_ids(out) == {"a", "b"}
