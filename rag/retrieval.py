@@ -94,6 +94,11 @@ class Retriever:
                 logger.info("the index is being written by another process: answering from the one loaded")
                 return store, current
             open_index(self.settings, self.embedder)  # refuses a missing, unfinished or incompatible index
+            if current is not None:  # changed by another process (or an ingest in this one): read it afresh
+                logger.info("the index changed (fingerprint %s -> %s, collection %s -> %s): reloading it",
+                            current.fingerprint, fingerprint, current.collection_id, collection_id)
+                store.reload()
+                collection_id = store.reopen()
             self._lexical = self._build_lexical(store, fingerprint, collection_id)
             return store, self._lexical
 
@@ -148,6 +153,18 @@ class Retriever:
         docs, scores = lexical.bm25.retrieve(tokens, k=n, show_progress=False, n_threads=1)
         return [(lexical.chunks[int(d)].chunk_id, float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
+    @staticmethod
+    def _dense_ranking(store: Store, lexical: _LexicalIndex, vector: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """Chroma's nearest chunks; while another process is rewriting the store under this one (Chroma then fails
+        to find ids it has not loaded), the same cosine ranking from the vectors already in memory."""
+        try:
+            return store.query(vector, n)
+        except Exception as e:  # noqa: BLE001 - chromadb's internal errors have no common base worth naming
+            logger.info("dense search fell back to the loaded vectors (%s)", e)
+            scores = lexical.embeddings @ vector if len(lexical.chunks) else np.zeros(0)
+            order = np.argsort(-scores)[:n]
+            return [(lexical.chunks[int(i)].chunk_id, float(scores[int(i)])) for i in order]
+
     def search(self, query: str, k: int | None = None) -> list[Passage]:
         """The k best papers for the query, best first."""
         cfg = self.settings.retrieval
@@ -156,7 +173,7 @@ class Retriever:
         store, lexical = self._index()
         query_vector = self.embedder.embed([query])[0]
         n = max(cfg.candidates, k * 3)
-        dense = store.query(query_vector, n)
+        dense = self._dense_ranking(store, lexical, query_vector, n)
         lexical_hits = self._lexical_ranking(lexical, query, n)
 
         fused: dict[str, float] = {}

@@ -98,6 +98,7 @@ class Store:
         self.chroma_dir = Path(chroma_dir)
         self.collection_name = collection
         self._client = None
+        self._client_path = ""
         self._collection = None
 
     # -- client and collection -------------------------------------------------------------
@@ -117,6 +118,7 @@ class Store:
                     path = _read_only_snapshot(path)
             except OSError as e:
                 raise IndexError_(f"cannot open the Chroma store at {self.chroma_dir}: {e}") from e
+            self._client_path = str(path)
             try:
                 with _CLIENT_LOCK:
                     self._client = chromadb.PersistentClient(
@@ -159,6 +161,18 @@ class Store:
         if self.exists():
             self._get_client().delete_collection(self.collection_name)
         self._collection = None
+
+    def reload(self) -> None:
+        """Forget this process's Chroma state for the store, so the next call reads it afresh from disk.
+
+        The embedded Chroma keeps a store's segments in memory per process and does not see another process's
+        writes (a read then fails with "Error finding id"); after a re-ingest by another process, a reader must
+        start a fresh Chroma system for the path. Anything still using the old one finishes on its snapshot."""
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        if self._client is not None:
+            SharedSystemClient._identifier_to_system.pop(self._client_path, None)
+        self._client, self._collection = None, None
 
     def reopen(self) -> str:
         """Look the collection up again by name (another process may have rebuilt it) and return its id.
