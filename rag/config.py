@@ -69,7 +69,31 @@ class RetrievalSettings(BaseModel):
     )
 
 
+class StoreSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="A Chroma server (`chroma run`), e.g. http://127.0.0.1:8000, shared by several app processes. None: "
+        "the embedded store in data_dir/chroma, owned by one process at a time.",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="How long to wait for the Chroma server before a clear error."
+    )
+
+
 class LLMSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible chat endpoint, e.g. http://127.0.0.1:8080/v1 (llama.cpp's server, vLLM, "
+        "Ollama). None: the GGUF model runs in this process.",
+    )
+    server_model: str | None = Field(
+        default=None,
+        description="The model name sent to the server. None: the first model the server lists at /v1/models.",
+    )
+    api_key: str | None = Field(default=None, description="Bearer token for the model server, if it wants one.")
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="How long one request to the model server may take before it fails."
+    )
     n_ctx: int = Field(default=2048, ge=256, le=131072, description="Context window given to llama.cpp (its default is 512).")
     n_threads: int = Field(default_factory=available_cores, ge=1, le=512, description="CPU threads for llama.cpp.")
     n_batch: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama.cpp batch.")
@@ -129,6 +153,7 @@ class Settings(BaseSettings):
     )
     models_dir: Path = Field(default=PROJECT_ROOT / "models", description="Folder searched for GGUF files by name.")
     prompts_dir: Path = Field(default=PROJECT_ROOT / "prompts", description="Folder of prompt templates.")
+    store: StoreSettings = Field(default_factory=StoreSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
