@@ -41,16 +41,19 @@ def _fail_cleanly(fn):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Index location (env RAG_DATA_DIR).")
+@click.option("--chroma-url", help="Use the Chroma server at this URL, e.g. http://127.0.0.1:8000 (env RAG_STORE__URL).")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-v info, -vv debug).")
 @click.version_option(package_name="rag-abstracts")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, data_dir: Path | None, chroma_url: str | None, verbose: int) -> None:
     """Answer questions about a corpus of paper abstracts, offline, with cited passages."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("chromadb", "httpx", "urllib3", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else logging.DEBUG)
     ctx.obj = {"data_dir": data_dir} if data_dir else {}
+    if chroma_url:
+        ctx.obj["store"] = {**Settings().store.model_dump(), "url": chroma_url}
 
 
 @cli.command()
@@ -107,7 +110,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     else:
         click.echo(
             f"{s.papers} papers, {s.chunks} chunks; embedder {s.embedder}; chunking {s.chunking}; "
-            f"fingerprint {s.fingerprint}; last ingest {s.last_ingest}"
+            f"fingerprint {s.fingerprint}; last ingest {s.last_ingest}; {s.location}"
         )
 
 

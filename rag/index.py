@@ -34,7 +34,7 @@ def check_compatible(store: Store, embedder_name: str, chunking: str) -> None:
     built_with = (meta.get(META_EMBEDDER), meta.get(META_CHUNKING))
     if built_with != (embedder_name, chunking):
         raise IndexError_(
-            f"the index at {store.chroma_dir} was built with embedder {built_with[0]!r} and chunking "
+            f"the index in the {store.location} was built with embedder {built_with[0]!r} and chunking "
             f"{built_with[1]!r}, but the settings ask for {embedder_name!r} and {chunking!r}: "
             "run `rag ingest --rebuild` to rebuild it"
         )
@@ -43,13 +43,13 @@ def check_compatible(store: Store, embedder_name: str, chunking: str) -> None:
 def open_index(settings: Settings, embedder: Embedder | None = None) -> Store:
     """The store of a complete, compatible index, or an IndexError_ saying what to run."""
     embedder = embedder or Embedder(settings.embedding)
-    store = Store(settings.chroma_dir, settings.collection)
+    store = Store.for_settings(settings)
     if not store.exists():
-        raise IndexError_(f"no index at {settings.chroma_dir}: run `rag ingest` first")
+        raise IndexError_(f"no index in the {store.location}: run `rag ingest` first")
     check_compatible(store, embedder.name, chunking_signature(settings.chunking))
     if store.metadata.get(META_STATE) != "complete":
         raise IndexError_(
-            f"the last ingest into {settings.chroma_dir} did not finish (interrupted?): run `rag ingest` again"
+            f"the last ingest into the {store.location} did not finish (interrupted?): run `rag ingest` again"
         )
     return store
 
@@ -64,4 +64,5 @@ def index_status(settings: Settings, store: Store | None = None) -> IndexStatus:
         chunking=str(meta.get(META_CHUNKING, "")),
         fingerprint=str(meta.get(META_FINGERPRINT, "")),
         last_ingest=meta.get(META_LAST_INGEST) or None,
+        location=store.location,
     )

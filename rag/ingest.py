@@ -74,11 +74,11 @@ def ingest(
     corpus = load_corpus(list(paths) if paths else settings.corpus_paths)  # raises before any write
     embedder = embedder or Embedder(settings.embedding)
     with writer_lock(settings.data_dir):
-        leftover = Store(settings.chroma_dir, settings.collection + REBUILD_SUFFIX)
+        leftover = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX)
         if leftover.exists():  # an interrupted rebuild: never half-visible, started afresh when asked again
             logger.info("dropping the unfinished rebuild %s", leftover.collection_name)
             leftover.delete_collection()
-        store = Store(settings.chroma_dir, settings.collection + REBUILD_SUFFIX if rebuild else settings.collection)
+        store = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX if rebuild else None)
         summary = _sync(store, corpus, embedder, settings, progress)
         if rebuild:
             logger.info("rebuilt: %s replaces %s", store.collection_name, settings.collection)

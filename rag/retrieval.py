@@ -82,7 +82,7 @@ class Retriever:
         already loaded keeps answering; with none loaded yet, the error says to wait or run `rag ingest`.
         """
         with self._lock:
-            store = self._store or Store(self.settings.chroma_dir, self.settings.collection)
+            store = self._store or Store.for_settings(self.settings)
             self._store = store
             collection_id = self._reopen(store)
             meta = store.metadata

@@ -37,6 +37,40 @@ OPTIONAL_KEYS = ("abstract",)  # chunk metadata keys that only some chunks carry
 _CLIENT_LOCK = threading.Lock()
 
 
+SERVER_HELP = "start one with `chroma run --path DIR --host 127.0.0.1 --port PORT`, or unset RAG_STORE__URL"
+
+
+def _http_client(url: str, timeout_s: float):
+    """A checked HttpClient for a Chroma server: one IndexError_ naming the URL when it cannot be used."""
+    from urllib.parse import urlsplit
+
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise IndexError_(f"the Chroma URL {url!r} is not an http(s)://HOST:PORT address: {SERVER_HELP}")
+    port = parts.port or (443 if parts.scheme == "https" else 8000)
+    try:
+        client = chromadb.HttpClient(
+            host=parts.hostname, port=port, ssl=parts.scheme == "https",
+            settings=ChromaSettings(anonymized_telemetry=False, chroma_server_http_timeout=timeout_s),
+        )
+        server_version = client.get_version()
+        client.get_max_batch_size()  # an endpoint every compatible server has
+    except Exception as e:  # noqa: BLE001 - connection refused, a foreign HTTP server, an old Chroma: one clear line
+        reason = str(e).split("\n")[0][:200]
+        if "connect" in reason.lower() or "timed out" in reason.lower():
+            raise IndexError_(f"cannot reach the Chroma server at {url} ({reason}): is it running? {SERVER_HELP}") from e
+        raise IndexError_(
+            f"{url} does not answer as a Chroma server this client (chromadb {chromadb.__version__}) can use "
+            f"({reason}): check the URL and port, or run a Chroma server of version 1.x there"
+        ) from e
+    logger.info("index: Chroma server %s (server version %s)", url, server_version)
+    return client
+
+
 def _writable(folder: Path) -> bool:
     """Whether Chroma can open the store in place (it writes its SQLite journal even to read)."""
     return os.access(folder, os.W_OK) and all(os.access(p, os.W_OK) for p in folder.rglob("*") if p.is_file())
@@ -92,18 +126,35 @@ def paper_abstract(first_chunk_text: str, first_chunk_metadata: dict[str, Any]) 
 
 
 class Store:
-    """A Chroma PersistentClient collection under data_dir, owned by one process at a time."""
+    """One Chroma collection: embedded (a PersistentClient on data_dir/chroma, one process at a time) or on a Chroma
+    server (`url`, an HttpClient: several processes, on several machines, share it)."""
 
-    def __init__(self, chroma_dir: Path, collection: str = "abstracts"):
+    def __init__(self, chroma_dir: Path, collection: str = "abstracts", url: str | None = None,
+                 connect_timeout_s: float = 10.0):
         self.chroma_dir = Path(chroma_dir)
         self.collection_name = collection
+        self.url = url.rstrip("/") if url else None
+        self.connect_timeout_s = connect_timeout_s
         self._client = None
         self._client_path = ""
         self._collection = None
 
+    @classmethod
+    def for_settings(cls, settings: Any, collection: str | None = None) -> Store:
+        """The store the settings name (rag.config.Settings: data_dir, collection, store.url)."""
+        return cls(settings.chroma_dir, collection or settings.collection, url=settings.store.url,
+                   connect_timeout_s=settings.store.connect_timeout_s)
+
+    @property
+    def location(self) -> str:
+        """Where the index lives, for logs and `rag status`."""
+        return f"Chroma server {self.url}" if self.url else f"embedded store {self.chroma_dir}"
+
     # -- client and collection -------------------------------------------------------------
     def _get_client(self, create: bool = False):
         """The Chroma client; the store's folder is made only for a writer (`create`), so readers write nothing."""
+        if self._client is None and self.url:
+            self._client = _http_client(self.url, self.connect_timeout_s)
         if self._client is None:
             if not create and not self.chroma_dir.is_dir():
                 raise IndexError_(f"no index at {self.chroma_dir}: run `rag ingest` first")
@@ -130,10 +181,11 @@ class Store:
                     f"cannot open the Chroma store at {self.chroma_dir}: {e}. If another program is writing to it, "
                     "wait for it to finish; if the store is damaged, move that folder aside and run `rag ingest`"
                 ) from e
+            logger.info("index: %s", self.location)
         return self._client
 
     def exists(self) -> bool:
-        if not self.chroma_dir.exists():
+        if not self.url and not self.chroma_dir.exists():
             return False
         names = [getattr(c, "name", c) for c in self._get_client().list_collections()]
         return self.collection_name in names
@@ -146,9 +198,9 @@ class Store:
                 self._collection = client.get_collection(self.collection_name, embedding_function=None)
             except Exception as e:  # noqa: BLE001 - chromadb raises NotFoundError (ValueError before 1.0)
                 if "does not exist" not in str(e) and type(e).__name__ != "NotFoundError":
-                    raise IndexError_(f"cannot open the index at {self.chroma_dir}: {e}") from e
+                    raise IndexError_(f"cannot open the index in the {self.location}: {e}") from e
                 if create_with is None:
-                    raise IndexError_(f"no index at {self.chroma_dir}: run `rag ingest` first") from e
+                    raise IndexError_(f"no index in the {self.location}: run `rag ingest` first") from e
                 self._collection = client.create_collection(
                     self.collection_name,
                     configuration={"hnsw": {"space": "cosine"}},
@@ -170,7 +222,7 @@ class Store:
         start a fresh Chroma system for the path. Anything still using the old one finishes on its snapshot."""
         from chromadb.api.shared_system_client import SharedSystemClient
 
-        if self._client is not None:
+        if self._client is not None and not self.url:  # a server sees every writer: nothing to forget
             SharedSystemClient._identifier_to_system.pop(self._client_path, None)
         self._client, self._collection = None, None
 

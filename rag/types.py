@@ -164,6 +164,7 @@ class IndexStatus(BaseModel):
     chunking: str
     fingerprint: str
     last_ingest: str | None = Field(default=None, description="ISO time of the last ingest that changed or checked it.")
+    location: str = Field(default="", description="Where the index lives: the embedded store's folder or the Chroma server.")
 
 
 class StreamEvent(BaseModel):
