@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: install index chat test browser bench eval clean
+.PHONY: install index chat test browser bench eval clean serve-stack
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ index: install
 
 chat: index
 	$(VENV)/bin/rag serve
+
+# A Chroma server, a llama.cpp server and `rag serve` pointed at both, on 127.0.0.1 (see README: several machines).
+serve-stack: install
+	scripts/serve-stack.sh
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || { \
