@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,11 @@ def passage(rank: int, paper_id: str, text: str, title: str | None = None, simil
     )
 
 
+def _bucket(term: str, buckets: int = 64) -> int:
+    """A stable bucket for a term: hashlib, not hash(), which changes with PYTHONHASHSEED from run to run."""
+    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "big") % buckets
+
+
 class BagOfWordsEmbedder:
     """Deterministic stand-in for the embedder: hashed bag of terms, L2-normalised."""
 
@@ -48,7 +55,7 @@ class BagOfWordsEmbedder:
         out = np.zeros((len(texts), 64), dtype=np.float32)
         for row, text in enumerate(texts):
             for term in terms(text):
-                out[row, hash(term) % 64] += 1.0
+                out[row, _bucket(term)] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
 
@@ -207,7 +214,13 @@ def test_context_numbers_papers_and_keeps_sentence_order(scorer, prompts):
     assert "35,030" in first.text
     user = ctx.messages[1]["content"]
     assert "<passage id=1>" in user and "Title: KMMLU" in user and user.rstrip().endswith("?")
-    assert ctx.messages[0]["role"] == "system" and "passage" not in ctx.messages[0]["content"].split("<")[0][:0]
+    # The system message is the fixed instructions only: no passage, no text of the papers, no question.
+    system = ctx.messages[0]
+    assert system["role"] == "system" and ctx.messages[1]["role"] == "user"
+    assert "<passage" not in system["content"] and "35,030" not in system["content"] and "KMMLU" not in system["content"]
+    other = build_context("Which languages was HyperCLOVA X trained on?", [passage(1, "hcx", ABSTRACT_B)],
+                          scorer=scorer, llm=WordCounter(), prompts=prompts, settings=settings, max_tokens=64)
+    assert other.messages[0] == system  # the same for every question: llama.cpp reuses its KV cache
 
 
 def test_multi_paper_question_gets_each_paper(scorer, prompts):
