@@ -15,13 +15,18 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
+from checks import assert_citations_verbatim
 from rag import ui, ui_html
-from rag.config import Settings
+from rag.config import PROJECT_ROOT, Settings
 from rag.errors import QuestionError
 from rag.types import Answer, ChatTurn, Citation, IndexStatus, IngestSummary, Location, Passage, StreamEvent
 
 EVIL = "<script>alert('x')</script> ${alert(1)} {{value}}"
 NOT_IN_CORPUS = "The corpus does not contain an answer to this question."
+CORPUS = PROJECT_ROOT / "corpus"
+# The scripted answers cite real places of the bundled corpus, with quotes found there word for word.
+SPARSE_AT = Location(source="001_0b21518f7ee75860.txt", line=13)
+EXAONE_AT = Location(source="000_984080258767f917.txt", line=2)
 
 
 def passage(rank: int, paper_id: str, text: str, title: str | None = None, **kw) -> Passage:
@@ -47,9 +52,10 @@ SPARSE = (
     "75% sparsity without accuracy drops. " + EVIL
 )
 PASSAGES = [
-    passage(1, "sparse", SPARSE, title="Sparse Fine-tuning <b>for</b> LLMs", locations=[
-        Location(source="001_x.txt", line=10), Location(source="002_y.txt", line=4)]),
-    passage(2, "exaone", "We introduce EXAONE 3.0, an instruction-tuned language model <img src=x onerror=alert(2)>."),
+    passage(1, "sparse", SPARSE, title="Sparse Fine-tuning <b>for</b> LLMs", source=SPARSE_AT.source, line=SPARSE_AT.line,
+            locations=[SPARSE_AT, Location(source="002_y.txt", line=4)]),
+    passage(2, "exaone", "We introduce EXAONE 3.0, an instruction-tuned language model <img src=x onerror=alert(2)>.",
+            source=EXAONE_AT.source, line=EXAONE_AT.line),
 ]
 
 
@@ -62,8 +68,8 @@ def answer_for(question: str, history: list[ChatTurn]) -> Answer:
         standalone_question=standalone,
         answer=f"Sparse finetuning reaches 75% sparsity [1]. It also {EVIL} flies.",
         abstained=False,
-        citations=[Citation(n=1, source="001_x.txt", line=10, paper_id="sparse", title="Sparse",
-                            quote="sparse finetuning can reach 75% sparsity without accuracy drops.", score=0.83)],
+        citations=[Citation(n=1, source=SPARSE_AT.source, line=SPARSE_AT.line, paper_id="sparse", title="Sparse",
+                            quote="sparse finetuning can reach 75% sparsity without accuracy drops", score=0.83)],
         passages=PASSAGES,
         unsupported=[f"It also {EVIL} flies."],
     )
@@ -135,6 +141,14 @@ def ask(cb: ui.ChatCallbacks, session: ui.ChatSession, question: str, **opts) ->
 
 
 # ------------------------------------------------------------------------------------------ formatting
+
+
+@pytest.mark.parametrize("question, history", [("How sparse?", []), ("And its speedups?", [ChatTurn(role="user", content="x")]),
+                                               ("Who went to the moon?", [])])
+def test_scripted_answers_quote_the_corpus_verbatim(question, history):
+    answer = answer_for(question, history)
+    assert_citations_verbatim(answer, CORPUS)
+    assert_citations_verbatim(answer.model_dump(mode="json"), CORPUS)
 
 
 def test_html_module_does_not_import_gradio():
@@ -210,15 +224,16 @@ def test_sources_panel_shows_each_cited_paper_with_its_quote():
     panel = ui_html.render_sources(answer_for("How sparse?", []))
     assert panel.count("rag-card rag-cited") == 1
     assert "Sparse Fine-tuning &lt;b&gt;for&lt;/b&gt; LLMs" in panel
-    assert "001_x.txt:10" in panel and "+1 more" in panel and "Oct 10, 2023" in panel and "support 0.83" in panel
-    assert "<mark>sparse finetuning can reach 75% sparsity without accuracy drops.</mark>" in panel
+    assert "001_0b21518f7ee75860.txt:13" in panel and "+1 more" in panel and "Oct 10, 2023" in panel and "support 0.83" in panel
+    assert "<mark>sparse finetuning can reach 75% sparsity without accuracy drops</mark>" in panel
     no_raw_markup(panel)
 
 
 def test_untitled_paper_shows_its_first_words():
     untitled = Answer(question="q", standalone_question="q", answer="EXAONE is open [1].", abstained=False,
-                      citations=[Citation(n=1, source="001_x.txt", line=20, paper_id="exaone", quote="We introduce EXAONE 3.0",
-                                          score=0.7)], passages=PASSAGES)
+                      citations=[Citation(n=1, source=EXAONE_AT.source, line=EXAONE_AT.line, paper_id="exaone",
+                                          quote="We introduce EXAONE 3.0", score=0.7)], passages=PASSAGES)
+    assert_citations_verbatim(untitled, CORPUS)
     panel = ui_html.render_sources(untitled)
     assert "We introduce EXAONE 3.0, an instruction-tuned language model" in panel and "(untitled)" in panel
     no_raw_markup(panel)
@@ -265,6 +280,7 @@ def test_answer_streams_then_is_replaced_by_the_checked_answer(callbacks, assist
     assert "rag-cite" in final[0][-1]["content"] and "rag-streaming" not in final[0][-1]["content"]
     assert "rag-cited" in final[2] and "EXAONE" in final[3]
     assert not session.streaming and session.answer is not None
+    assert_citations_verbatim(session.answer, CORPUS)
     assert [t.role for t in session.turns] == ["user", "assistant"]
     assert assistant.calls[0][2]["k"] == 7 and assistant.closed == 1
 
@@ -326,6 +342,7 @@ def test_an_unexpected_failure_does_not_leave_the_tab_stuck(settings):
 def test_api_ask_returns_the_answer_json(callbacks, assistant):
     out = callbacks.ask("How sparse?", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], k=3)
     assert json.loads(json.dumps(out))["citations"][0]["n"] == 1
+    assert_citations_verbatim(out, CORPUS)
     assert assistant.calls[-1][1][0] == ChatTurn(role="user", content="hi") and assistant.calls[-1][2]["k"] == 3
     with pytest.raises(gr.Error, match="bad history"):
         callbacks.ask("q", [{"role": "system", "content": "x"}])
