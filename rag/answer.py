@@ -1,5 +1,5 @@
 """Question -> Answer: rewrite a follow-up, retrieve, decide whether the corpus can answer, build a short context,
-generate with the local model, then check and attach citations.
+generate with the model (local, or a model server), then check and attach citations.
 
 `Assistant.stream()` yields, in order: one `query` event (the standalone question), one `passages` event,
 `token` events (the model's raw text as it is generated; markers are not yet checked), and one `done` event
@@ -29,7 +29,7 @@ from rag.context import (
 from rag.errors import ModelError, QuestionError
 from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
 from rag.inputs import InvalidText, clean_text, passages_k, question_text
-from rag.llm import ChatModel, LocalLLM
+from rag.llm import ChatModel, chat_model
 from rag.prompts import NOT_IN_CORPUS, Prompts
 from rag.sentences import split_sentences
 from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
@@ -110,7 +110,7 @@ class Assistant:
     def llm(self) -> ChatModel:
         with self._init_lock:
             if self._llm is None:
-                self._llm = LocalLLM(self.settings)
+                self._llm = chat_model(self.settings)
             return self._llm
 
     @property

@@ -391,3 +391,12 @@ class LocalLLM:
             if self._llama is not None:
                 self._llama.close()
                 self._llama = None
+
+
+def chat_model(settings: Settings) -> ChatModel:
+    """The model the settings ask for: a model server when RAG_LLM__URL is set (RemoteLLM), else the local GGUF."""
+    if settings.llm.url:
+        from rag.llm_remote import RemoteLLM
+
+        return RemoteLLM(settings)
+    return LocalLLM(settings)

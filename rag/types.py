@@ -102,8 +102,12 @@ class Citation(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
-    sha256: str
+    """The model that wrote an answer."""
+
+    name: str = Field(description="The GGUF file name, or the model id a model server (RAG_LLM__URL) reports.")
+    sha256: str | None = Field(
+        description="sha256 of the GGUF file; null when unknown (a model server does not expose its weights)."
+    )
 
 
 class Timings(BaseModel):
