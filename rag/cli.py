@@ -114,8 +114,22 @@ def status(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-def _checked_model_settings(ctx: click.Context, model: str | None) -> Settings:
-    """Settings whose model file exists and is a GGUF: fail before any question, not on each one."""
+def _checked_model_settings(ctx: click.Context, model: str | None, llm_url: str | None = None) -> Settings:
+    """Settings whose model can be used, checked before any question, not on each one: the GGUF file exists and is
+    a GGUF; or, with a model server (--llm-url / RAG_LLM__URL), the server answers GET /models (and --model then
+    names the server's model)."""
+    settings = _settings(ctx, **({"llm": {"url": llm_url}} if llm_url else {}))
+    if settings.llm.url:
+        from rag.llm_remote import RemoteLLM
+
+        if model:
+            settings = _settings(ctx, llm={"url": settings.llm.url, "server_model": model})
+        remote = RemoteLLM(settings)
+        try:
+            remote.check()
+        finally:
+            remote.close()
+        return settings
     from rag.llm import check_gguf, resolve_model_path
 
     settings = _settings(ctx, model=model)
@@ -144,15 +158,18 @@ def _print_sources(answer) -> None:
 @cli.command()
 @click.argument("question")
 @click.option("-k", "--k", "k", type=click.IntRange(1, 50), help="Number of passages retrieved.")
-@click.option("--model", "model", help="GGUF file: a path or a file name in models/ (env RAG_MODEL).")
+@click.option(
+    "--model", "model", help="GGUF file: a path or a file name in models/ (env RAG_MODEL); with --llm-url, the server's model."
+)
+@click.option("--llm-url", "llm_url", help="An OpenAI-compatible model server, e.g. http://127.0.0.1:8080/v1 (env RAG_LLM__URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the Answer object as JSON (no streaming).")
 @click.pass_context
 @_fail_cleanly
-def ask(ctx: click.Context, question: str, k: int | None, model: str | None, as_json: bool) -> None:
+def ask(ctx: click.Context, question: str, k: int | None, model: str | None, llm_url: str | None, as_json: bool) -> None:
     """Answer a question from the corpus, streaming, then list the cited sources with file:line."""
     from rag.answer import Assistant
 
-    assistant = Assistant(_checked_model_settings(ctx, model))
+    assistant = Assistant(_checked_model_settings(ctx, model, llm_url))
     if as_json:
         click.echo(assistant.ask(question, k=k).model_dump_json(indent=2))
         assistant.save_caches()
@@ -180,10 +197,15 @@ def ask(ctx: click.Context, question: str, k: int | None, model: str | None, as_
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Answers, one JSON a line.")
 @click.option("-k", "--k", "k", type=click.IntRange(1, 50), help="Number of passages retrieved.")
-@click.option("--model", "model", help="GGUF file: a path or a file name in models/ (env RAG_MODEL).")
+@click.option(
+    "--model", "model", help="GGUF file: a path or a file name in models/ (env RAG_MODEL); with --llm-url, the server's model."
+)
+@click.option("--llm-url", "llm_url", help="An OpenAI-compatible model server, e.g. http://127.0.0.1:8080/v1 (env RAG_LLM__URL).")
 @click.pass_context
 @_fail_cleanly
-def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, model: str | None) -> None:
+def batch(
+    ctx: click.Context, input_path: Path, output: Path, k: int | None, model: str | None, llm_url: str | None
+) -> None:
     """Answer every question of INPUT (.jsonl {"id","question"}, .txt, .csv id,question) into OUTPUT.jsonl.
 
     Resumable: ids already in OUTPUT are skipped. A malformed line gives an error record, not a stop.
@@ -195,7 +217,7 @@ def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, mod
     # Wrong paths (OUTPUT a folder, or the input itself) and an input without questions fail before the model loads.
     check_paths(input_path, output)
     read_items(input_path)
-    assistant = Assistant(_checked_model_settings(ctx, model))
+    assistant = Assistant(_checked_model_settings(ctx, model, llm_url))
     try:
         counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
     finally:
@@ -211,13 +233,17 @@ def batch(ctx: click.Context, input_path: Path, output: Path, k: int | None, mod
 @click.option("--host", help="Interface to listen on (default 127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 7860).")
 @click.option("--share", is_flag=True, help="Ask Gradio for a public share link (off unless asked for).")
+@click.option("--llm-url", "llm_url", help="An OpenAI-compatible model server, e.g. http://127.0.0.1:8080/v1 (env RAG_LLM__URL).")
 @click.pass_context
 @_fail_cleanly
-def serve(ctx: click.Context, host: str | None, port: int | None, share: bool) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, share: bool, llm_url: str | None) -> None:
     """Start the chat in the browser."""
     from rag.ui import serve as run_server
 
-    run_server(_settings(ctx), host=host, port=port, share=share)
+    settings = _settings(ctx, **({"llm": {"url": llm_url}} if llm_url else {}))
+    if settings.llm.url:
+        settings = _checked_model_settings(ctx, None, settings.llm.url)  # a server that does not answer: fail now
+    run_server(settings, host=host, port=port, share=share, announce=functools.partial(click.echo, err=True))
 
 
 def _register_eval() -> None:
