@@ -134,6 +134,13 @@ class AnswerSettings(BaseModel):
 class UISettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Interface the web app listens on; loopback by default.")
     port: int = Field(default=7860, ge=1, le=65535, description="Port of the web app.")
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Questions the web app answers at once. None: 4 with a model server (RAG_LLM__URL; the server "
+        "queues the generations), 2 with the local model (one answer generates while the next retrieves).",
+    )
 
 
 class Settings(BaseSettings):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 CSS_PATH = STATIC_DIR / "ui.css"
 TITLE = "Abstracts assistant"
 CONCURRENCY_LIMIT = 2  # one answer generating while the next one retrieves; the model lock serialises generation
+SERVER_CONCURRENCY_LIMIT = 4  # with a model server (RAG_LLM__URL): no lock here, the server queues generations
 QUEUE_MAX_SIZE = 64
 MAX_UPLOAD_BYTES = 1024  # no component takes a file; Gradio's /upload route is refused anything bigger
 
@@ -64,15 +66,27 @@ EXAMPLE_QUESTIONS: tuple[str, ...] = (
 # ----------------------------------------------------------------------------------------- assistants
 
 
+def assistant_concurrency(settings: Settings) -> int:
+    """How many questions the app answers at once: settings.ui.concurrency, else a default for the kind of model."""
+    if settings.ui.concurrency:
+        return settings.ui.concurrency
+    return SERVER_CONCURRENCY_LIMIT if settings.llm.url else CONCURRENCY_LIMIT
+
+
 class AssistantPool:
-    """One Assistant per model name, created on first use; all share one Retriever (and so one index)."""
+    """One Assistant per model name, created on first use; all share one Retriever (and so one index).
+
+    With a model server (settings.llm.url) there is one Assistant, for the server's model: the dropdown shows that
+    model only, and no Assistant is made per local GGUF.
+    """
 
     def __init__(self, settings: Settings, assistant: Assistant | None = None):
         self.settings = settings
+        self.remote = bool(settings.llm.url)
         self._lock = threading.Lock()
         self._assistants: dict[str, Assistant] = {}
         self._paths: dict[str, Path | None] = {}
-        self.default_name = self._current_model_name()
+        self.default_name = self._server_model_name(assistant) if self.remote else self._current_model_name()
         if assistant is not None:
             self._assistants[self.default_name] = assistant
 
@@ -84,9 +98,28 @@ class AssistantPool:
         except ModelError:
             return str(self.settings.model or "default")
 
+    def _server_model_name(self, assistant: Assistant | None) -> str:
+        """The model the server reports (asked once), or the URL while the server does not answer."""
+        if self.settings.llm.server_model:
+            return self.settings.llm.server_model
+        info = assistant.model_info() if assistant is not None else self._server_assistant().model_info()
+        return info.name if info is not None else str(self.settings.llm.url)
+
+    def _server_assistant(self) -> Assistant:
+        from rag.answer import Assistant
+
+        with self._lock:
+            if not self._assistants:
+                self._assistants[""] = Assistant(self.settings)
+            return next(iter(self._assistants.values()))
+
     def choices(self) -> list[tuple[str, str]]:
-        """(label, name) for the model dropdown: the configured model, the default model, every GGUF in models/."""
+        """(label, name) for the model dropdown: the configured model, the default model, every GGUF in models/;
+        with a model server, its model only."""
         from rag.llm import list_models
+
+        if self.remote:
+            return [(f"{self.default_name} (model server)", self.default_name)]
 
         found = list_models(self.settings.models_dir)
         with self._lock:
@@ -107,6 +140,8 @@ class AssistantPool:
         return self.settings.model_copy(update={"model": str(path) if path else None})
 
     def get(self, name: str | None = None) -> Assistant:
+        if self.remote:  # one model, the server's, whatever the page sends
+            return self._server_assistant()
         name = name or self.default_name
         with self._lock:
             if name in self._assistants:
@@ -387,6 +422,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
     pool = AssistantPool(settings, assistant)
     cb = ChatCallbacks(settings, pool)
     llm = settings.llm
+    limit = assistant_concurrency(settings)  # questions answered at once (every "assistant" event shares it)
     with RagApp(title=TITLE, analytics_enabled=False, fill_width=True) as app:
         session = gr.State(ChatSession())
         pending = gr.State("")
@@ -426,7 +462,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
                         k = gr.Slider(1, 20, value=settings.retrieval.k, step=1, label="Passages to retrieve", elem_id="rag-k")
                         model = gr.Dropdown(
                             choices=pool.choices(), value=pool.default_name, label="Model", elem_id="rag-model",
-                            info="The default model, then every .gguf in models/",
+                            info=f"Served by {llm.url}" if pool.remote else "The default model, then every .gguf in models/",
                         )
                     with gr.Row():
                         temperature = gr.Slider(
@@ -441,7 +477,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
         start_args = dict(fn=cb.start, inputs=[question, session], outputs=[question, chatbot, session, pending, send, stop],
                           queue=False, **private)
         respond_args = dict(fn=cb.respond, inputs=[pending, session, *settings_inputs], outputs=[chatbot, session, sources, others],
-                            show_progress="hidden", concurrency_id="assistant",
+                            show_progress="hidden", concurrency_id="assistant", concurrency_limit=limit,
                             # a stopped answer can leave the page believing its submission is still pending; with the
                             # default trigger_mode "once" the next question would then never be sent (start() already
                             # refuses a second question while one is being answered)
@@ -466,7 +502,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
                        queue=False, **private)
         reindex_btn.click(cb.reindex, outputs=[index_html], concurrency_limit=1, concurrency_id="reindex", **private)
         app.load(cb.refresh, outputs=[index_html, model], **private)
-        gr.api(cb.ask, api_name="ask", concurrency_id="assistant")
+        gr.api(cb.ask, api_name="ask", concurrency_id="assistant", concurrency_limit=limit)
     app.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
     return app
 
@@ -498,11 +534,37 @@ def _prefetch_quietly(assistant: Assistant) -> None:
         logger.exception("embedding the corpus sentences in the background failed; answers embed them as needed")
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, share: bool = False) -> None:
-    """Launch the app (blocking) on settings.ui host/port, loopback by default; never shared unless asked."""
+def describe_model(assistant: Assistant, settings: Settings) -> str:
+    """One line naming the model answers come from: the local GGUF's path, or the server's URL and model id."""
+    concurrency = f"{assistant_concurrency(settings)} questions at once"
+    try:
+        llm = assistant.llm
+        if settings.llm.url:
+            return f"model: {llm.info().name} on the model server {settings.llm.url} ({concurrency})"
+        return f"model: {getattr(llm, 'path', None) or llm.info().name} (local GGUF, run in this process; {concurrency})"
+    except RagError as e:
+        return f"model: not available yet ({e})"
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def serve(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    share: bool = False,
+    announce: Callable[[str], None] = _to_stderr,
+) -> None:
+    """Launch the app (blocking) on settings.ui host/port, loopback by default; never shared unless asked.
+
+    `announce` is given one line at startup naming the model used (stderr by default: visible at any log level,
+    like Gradio's own "Running on" line)."""
     from rag.answer import Assistant
 
     assistant = Assistant(settings)
+    announce(describe_model(assistant, settings))
     warm_up(assistant)
     app = build_app(settings, assistant)
     host = host or settings.ui.host
