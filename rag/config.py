@@ -121,6 +121,14 @@ class AnswerSettings(BaseModel):
         description="Most tokens of abstract text in the prompt (the best sentence always goes in). Prompt length is "
         "time to first token: ~240 prompt tokens/s for the default model on 2 cores.",
     )
+    prefetch_max_papers: int = Field(
+        default=5_000,
+        ge=0,
+        le=10_000_000,
+        description="The web app embeds every abstract sentence once, in the background, when the index holds at most "
+        "this many papers (a few seconds for the bundled 150); above it, a question's sentences are embedded when it "
+        "first needs them (about 0.3 s) and kept on disk.",
+    )
     min_relevance: float = Field(
         default=0.33,
         ge=-1.0,
@@ -175,4 +183,4 @@ class Settings(BaseSettings):
     @property
     def sentence_vectors_path(self) -> Path:
         """Cached embeddings of the corpus sentences (disposable: rebuilt when missing)."""
-        return self.data_dir / "sentence_vectors.npz"
+        return self.data_dir / "sentence_vectors.sqlite"
