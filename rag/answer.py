@@ -150,6 +150,10 @@ class Assistant:
     def prefetch_sentences(self) -> None:
         """Embed every indexed abstract's sentences once and keep them on disk: a question's context then costs
         no embedding (seconds the first time, milliseconds once the vectors are saved)."""
+        papers, limit = self.retriever.paper_count(), self.settings.answer.prefetch_max_papers
+        if papers > limit:
+            logger.info("%d papers (> prefetch_max_papers %d): sentences are embedded as questions need them", papers, limit)
+            return
         sentences = [s for abstract in self.retriever.abstracts() for s in split_sentences(abstract)]
         started = time.perf_counter()
         new = self.scorer.prefetch(sentences)

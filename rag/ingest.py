@@ -23,6 +23,7 @@ from rag.corpus import CorpusLoad, load_corpus
 from rag.datadir import writer_lock
 from rag.embedding import Embedder
 from rag.index import check_compatible, index_fingerprint
+from rag.lexical import LEXICAL_DIR, LexicalIndex, index_text
 from rag.store import (
     META_CHUNKING,
     META_EMBEDDER,
@@ -79,16 +80,26 @@ def ingest(
             logger.info("dropping the unfinished rebuild %s", leftover.collection_name)
             leftover.delete_collection()
         store = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX if rebuild else None)
-        summary = _sync(store, corpus, embedder, settings, progress)
+        summary, chunks = _sync(store, corpus, embedder, settings, progress)
         if rebuild:
             logger.info("rebuilt: %s replaces %s", store.collection_name, settings.collection)
             store.replace(settings.collection)
+        _save_lexical(settings, str(store.metadata.get(META_FINGERPRINT, "")), chunks)
     summary.seconds = round(time.perf_counter() - started, 3)
     logger.info("ingest: %s", summary.model_dump())
     return summary
 
 
-def _sync(store: Store, corpus: CorpusLoad, embedder: Embedder, settings: Settings, progress: bool) -> IngestSummary:
+def _save_lexical(settings: Settings, fingerprint: str, chunks: list[Chunk]) -> None:
+    """Build and save the BM25 index of what was just written, so no reader has to read the whole store for it."""
+    root = settings.data_dir / LEXICAL_DIR
+    if LexicalIndex.load(root, fingerprint) is None:
+        LexicalIndex.build(((c.chunk_id, index_text(c.title, c.text)) for c in chunks), fingerprint).save(root)
+
+
+def _sync(
+    store: Store, corpus: CorpusLoad, embedder: Embedder, settings: Settings, progress: bool
+) -> tuple[IngestSummary, list[Chunk]]:
     """Embed and write what is new or changed, rewrite moved metadata, remove what is gone; mark the index complete."""
     papers = {p.paper_id: p for p in corpus.papers}
     chunks = chunk_papers(corpus.papers, settings.chunking)
@@ -140,7 +151,7 @@ def _sync(store: Store, corpus: CorpusLoad, embedder: Embedder, settings: Settin
         chunks_unchanged=len(chunks) - len(to_embed) - len(to_update),
         chunks_removed=len(to_remove),
         seconds=0.0,
-    )
+    ), chunks
 
 
 def _write(

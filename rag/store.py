@@ -29,8 +29,8 @@ META_FINGERPRINT = "rag_fingerprint"
 META_LAST_INGEST = "rag_last_ingest"
 META_PAPERS = "rag_papers"
 META_LAYOUT = "rag_layout"  # how chunk metadata is laid out; an older layout is rewritten (not re-embedded) by ingest
-LAYOUT = "abstract-once-v2"
-OPTIONAL_KEYS = ("abstract",)  # chunk metadata keys that only some chunks carry
+LAYOUT = "abstract-once-v3"  # v3: no embed_text copy (title + document give it)
+OPTIONAL_KEYS = ("abstract", "embed_text")  # keys only some chunks carry, or that older layouts had
 
 # chromadb 1.5 fails when two threads create a PersistentClient for one path at the same moment (seen
 # in the web app: the page's status check and the first question racing): creation is serialised.
@@ -110,7 +110,6 @@ def chunk_metadata(chunk: Chunk, embed_hash: str, content_hash: str, abstract: s
         "source": chunk.source,
         "line": chunk.line,
         "date": chunk.date or "",
-        "embed_text": chunk.embed_text,
         "locations": json.dumps(locations),
         "embed_hash": embed_hash,
         "content_hash": content_hash,
@@ -269,10 +268,9 @@ class Store:
 
     def stored_hashes(self) -> dict[str, tuple[str, str]]:
         """chunk_id -> (embed_hash, content_hash) of everything stored."""
-        result = self.collection().get(include=["metadatas"])
         return {
-            i: (str((m or {}).get("embed_hash", "")), str((m or {}).get("content_hash", "")))
-            for i, m in zip(result["ids"], result["metadatas"])
+            c.chunk_id: (str(c.metadata.get("embed_hash", "")), str(c.metadata.get("content_hash", "")))
+            for c in self.iter_chunks(page=5000, documents=False)
         }
 
     def _batches(self, n: int) -> Iterator[slice]:
@@ -312,6 +310,40 @@ class Store:
             chunks.append(StoredChunk(chunk_id, result["documents"][i], dict(result["metadatas"][i] or {}), emb))
         chunks.sort(key=lambda c: c.chunk_id)
         return chunks
+
+    def _stored(self, result: dict, with_embeddings: bool) -> list[StoredChunk]:
+        embeddings = result.get("embeddings") if with_embeddings else None
+        documents = result.get("documents") or [""] * len(result["ids"])
+        return [
+            StoredChunk(chunk_id, documents[i] or "", dict(result["metadatas"][i] or {}),
+                        np.asarray(embeddings[i], dtype=np.float32) if embeddings is not None else None)
+            for i, chunk_id in enumerate(result["ids"])
+        ]
+
+    def iter_chunks(self, page: int = 2000, documents: bool = True) -> Iterator[StoredChunk]:
+        """Every chunk, a page at a time (memory stays bounded on a large index), in storage order."""
+        include = ["metadatas"] + (["documents"] if documents else [])
+        offset = 0
+        while True:
+            result = self.collection().get(include=include, limit=page, offset=offset)
+            if not result["ids"]:
+                return
+            yield from self._stored(result, with_embeddings=False)
+            offset += len(result["ids"])
+
+    def get(self, ids: Sequence[str], with_embeddings: bool = False) -> dict[str, StoredChunk]:
+        """The stored chunks with these ids (those that exist), by id."""
+        if not ids:
+            return {}
+        include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
+        result = self.collection().get(ids=list(dict.fromkeys(ids)), include=include)
+        return {c.chunk_id: c for c in self._stored(result, with_embeddings)}
+
+    def paper_chunks(self, paper_id: str, with_embeddings: bool = False) -> list[StoredChunk]:
+        """Every chunk of one paper, in order."""
+        include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
+        result = self.collection().get(where={"paper_id": paper_id}, include=include)
+        return sorted(self._stored(result, with_embeddings), key=lambda c: int(c.metadata.get("ordinal", 0)))
 
     def query(self, embedding: np.ndarray, n: int) -> list[tuple[str, float]]:
         """Nearest chunks as (chunk_id, cosine similarity), best first."""
