@@ -8,12 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rag.config import Settings
+from checks import assert_citations_verbatim
+from rag.config import PROJECT_ROOT, Settings
 from rag.types import Answer
 
 pytestmark = pytest.mark.llm
 
 SPARSE = "What sparsity level can sparse finetuning reach for MPT text generation without an accuracy drop?"
+SPARSE_SOURCE = ("001_0b21518f7ee75860.txt", 13)
+CORPUS = PROJECT_ROOT / "corpus"
 
 
 def free_port() -> int:
@@ -47,11 +50,14 @@ def test_ask_returns_an_answer_whose_citations_resolve(client):
     answer = Answer.model_validate(result)
     assert answer.question == SPARSE and answer.answer.strip() and answer.passages
     assert answer.passages[0].source == "001_0b21518f7ee75860.txt"
+    assert not answer.abstained and answer.citations, answer.answer
+    assert SPARSE_SOURCE in [(c.source, c.line) for c in answer.citations]
     by_paper = {p.paper_id: p for p in answer.passages}
     for citation in answer.citations:
         passage = by_paper[citation.paper_id]
         assert (citation.source, citation.line) == (passage.source, passage.line)
         assert f"[{citation.n}]" in answer.answer
+    assert_citations_verbatim(result, CORPUS)
 
 
 def test_history_and_k_reach_the_assistant(client):
@@ -59,6 +65,7 @@ def test_history_and_k_reach_the_assistant(client):
     result = client.predict("And what speedups does it give?", history, 2, api_name="/ask")
     assert result["standalone_question"] != "And what speedups does it give?"
     assert 1 <= len(result["passages"]) <= 2
+    assert_citations_verbatim(result, CORPUS)
 
 
 def test_bad_input_is_a_clear_error(client):
@@ -80,4 +87,15 @@ def test_concurrent_calls_do_not_mix_answers(client):
         results = list(pool.map(lambda q: client.predict(q, None, 3, api_name="/ask"), questions))
     for question, result in zip(questions, results):
         assert result["question"] == question
-    assert "EXAONE" in results[0]["passages"][0]["text"] and "KMMLU" in results[1]["passages"][0]["text"]
+        assert_citations_verbatim(result, CORPUS)
+    exaone, kmmlu, football = results
+    assert "EXAONE" in exaone["passages"][0]["text"] and "KMMLU" in kmmlu["passages"][0]["text"]
+    for answered, source in ((exaone, ("000_984080258767f917.txt", 1)), (kmmlu, ("003_ce4bc02b0d96118d.txt", 4))):
+        assert not answered["abstained"] and answered["citations"], answered["answer"]
+        assert source in [(c["source"], c["line"]) for c in answered["citations"]]
+    assert football["abstained"] and not football["citations"], football["answer"]
+
+
+def test_off_topic_question_abstains(client):
+    result = client.predict("What oven temperature and proofing time work best for baking sourdough bread?", api_name="/ask")
+    assert result["abstained"] and not result["citations"] and result["passages"]

@@ -266,3 +266,23 @@ def test_a_paper_cited_only_for_a_restatement_of_the_question_is_not_answered():
             "We propose program distillation with Codex [2].")
     assert not adds_to("The papers that transfer math reasoning into a smaller one are: 1 [1].", question)
     assert papers_answered(text, citations, question) == {"b"}
+
+
+# -- the verbatim check the end-to-end tests use (tests/checks.py)
+
+
+def test_verbatim_check_finds_quotes_at_their_line_and_nowhere_else(tmp_path):
+    from checks import assert_citations_verbatim
+
+    (tmp_path / "a.txt").write_text("Title line\n\nAbstract:We propose KMMLU, a new   Korean benchmark.\nOther text.\n")
+
+    def answer(quote: str, line: int = 3, source: str = "a.txt") -> dict:
+        return {"citations": [{"n": 1, "source": source, "line": line, "quote": quote}]}
+
+    assert_citations_verbatim(answer("We propose KMMLU, a new Korean\nbenchmark."), tmp_path)  # whitespace normalised
+    assert_citations_verbatim(answer("We propose KMMLU, a new Kor…"), tmp_path)  # cut short: its prefix
+    assert_citations_verbatim({"citations": []}, tmp_path)
+    for wrong in (answer("Other text."), answer("We propose KMMLU.", line=4), answer("we propose kmmlu"),
+                  answer("We propose KMMLU", line=9), answer("We propose KMMLU", source="b.txt"), answer("…")):
+        with pytest.raises(AssertionError):
+            assert_citations_verbatim(wrong, tmp_path)
