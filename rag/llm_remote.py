@@ -15,7 +15,9 @@ What the answering code needs beyond generation, and where it comes from:
 There is no lock around generation here: the server queues concurrent requests. llama-cpp-python's server by
 default *interrupts* a running answer when another request arrives (token counting included): start it with
 `--interrupt_requests False` when several questions may be answered at once. An interrupted answer is reported
-as a ModelError, never passed off as a complete one.
+as a ModelError, never passed off as a complete one. That server also runs one request at a time, token counts
+included, so a request may wait behind other answers: RAG_LLM__REQUEST_TIMEOUT_S bounds every wait for the
+server's next bytes, that queueing included.
 
 Failures become the package's errors: the server's context-overflow refusal a QuestionError (a clear refusal of
 this question); a server that cannot be reached, times out or dies mid-answer a ModelError naming the URL.
