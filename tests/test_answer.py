@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from checks import assert_citations_verbatim
 from rag.answer import NOT_IN_CORPUS, Assistant, standalone_question
-from rag.config import AnswerSettings, LLMSettings, Settings
+from rag.config import PROJECT_ROOT, AnswerSettings, LLMSettings, Settings
 from rag.errors import QuestionError
 from rag.llm import GenerationEvent, GenerationStats
 from rag.types import ChatTurn, ModelInfo
 
 KMMLU_Q = "How many expert-level multiple-choice questions does the KMMLU Korean benchmark contain?"
 KMMLU_SOURCE = ("003_ce4bc02b0d96118d.txt", 4)
+CORPUS = PROJECT_ROOT / "corpus"
 
 
 class ScriptedLLM:
@@ -102,6 +104,7 @@ def test_unanswerable_question_abstains_without_calling_the_model(ingested_setti
     answer = assistant.ask(question)
     assert answer.abstained and answer.answer == NOT_IN_CORPUS
     assert not answer.citations and answer.passages  # the nearest passages are still shown
+    assert_citations_verbatim(answer, CORPUS)
     assert answer.timings.first_token_s is None and answer.timings.prompt_tokens == 0
 
 
@@ -121,6 +124,7 @@ def test_invented_markers_are_removed_and_unsupported_sentences_kept_apart(inges
     assert "35,030" in answer.answer
     assert [(c.source, c.line) for c in answer.citations] == [KMMLU_SOURCE]
     assert answer.citations[0].n == 1 and "35,030" in answer.citations[0].quote
+    assert_citations_verbatim(answer, CORPUS)
 
 
 def test_a_restating_or_empty_generation_falls_back_to_a_grounded_quote(ingested_settings, retriever):
@@ -129,15 +133,16 @@ def test_a_restating_or_empty_generation_falls_back_to_a_grounded_quote(ingested
         answer = assistant.ask(KMMLU_Q)
         assert "35,030" in answer.answer and not answer.abstained
         assert [(c.source, c.line) for c in answer.citations] == [KMMLU_SOURCE]
+        assert_citations_verbatim(answer, CORPUS)
 
 
 def test_the_prompt_puts_fixed_instructions_first_and_passages_as_data(ingested_settings, retriever):
     assistant, llm = _scripted(ingested_settings, retriever, "KMMLU has 35,030 questions [1].")
-    assistant.ask(KMMLU_Q)
+    assert_citations_verbatim(assistant.ask(KMMLU_Q), CORPUS)
     system, user = llm.calls[0]
     assert system["role"] == "system" and NOT_IN_CORPUS in system["content"]
     assert "<passage id=1>" in user["content"] and user["content"].rstrip().endswith(KMMLU_Q)
-    assistant.ask("What is the KMMLU benchmark collected from?")
+    assert_citations_verbatim(assistant.ask("What is the KMMLU benchmark collected from?"), CORPUS)
     assert llm.calls[1][0] == system  # identical prefix: llama.cpp reuses its KV cache
 
 
@@ -147,6 +152,7 @@ def test_a_multi_paper_question_cites_each_paper_used(ingested_settings, retriev
     assert not answer.abstained
     assert len({c.paper_id for c in answer.citations}) >= 2
     assert [c.n for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+    assert_citations_verbatim(answer, CORPUS)
 
 
 def test_follow_up_is_rewritten_before_retrieval(ingested_settings, retriever):
@@ -155,6 +161,8 @@ def test_follow_up_is_rewritten_before_retrieval(ingested_settings, retriever):
     answer = assistant.ask("and how many questions does it have?", history=history)
     assert "KMMLU" in answer.standalone_question
     assert (answer.passages[0].source, answer.passages[0].line) == KMMLU_SOURCE
+    assert not answer.abstained and KMMLU_SOURCE in [(c.source, c.line) for c in answer.citations], answer.answer
+    assert_citations_verbatim(answer, CORPUS)
 
 
 # -- the real default model
@@ -173,6 +181,7 @@ def test_answerable_question_gets_a_cited_answer_from_the_real_model(assistant):
     assert (answer.citations[0].source, answer.citations[0].line) == KMMLU_SOURCE
     passage_places = {(p.source, p.line) for p in answer.passages}
     assert all((c.source, c.line) in passage_places for c in answer.citations)
+    assert_citations_verbatim(answer, CORPUS)
     assert answer.model.name.endswith(".gguf") and len(answer.model.sha256) == 64
     assert answer.index and answer.prompt_version
     t = answer.timings
@@ -186,6 +195,8 @@ def test_same_input_gives_the_same_answer(assistant):
     first, second = assistant.ask(question), assistant.ask(question)
     assert first.answer == second.answer
     assert [c.model_dump() for c in first.citations] == [c.model_dump() for c in second.citations]
+    assert not first.abstained and first.citations, first.answer
+    assert_citations_verbatim(first, CORPUS)
 
 
 @pytest.mark.llm
@@ -197,9 +208,19 @@ def test_token_budget_holds_for_a_very_long_question_and_a_small_context(ingeste
     assistant = Assistant(settings, retriever=retriever)
     answer = assistant.ask(KMMLU_Q + " Please be precise." * 20)
     assert answer.timings.prompt_tokens + answer.timings.completion_tokens <= 512
-    assert answer.abstained or answer.citations
+    assert not answer.abstained and answer.citations, answer.answer  # a small budget shortens the answer, never drops it
+    assert_citations_verbatim(answer, CORPUS)
     with pytest.raises(QuestionError, match="too long"):
         assistant.ask("KMMLU " + "questions benchmark Korean " * 400)
+
+
+@pytest.mark.xfail(strict=True, reason="rag: a filler word repeated in the question ('Please' x20) outweighs its "
+                   "name: EXAONE 3.5's abstract ('please reach out') ranks first and answers a question about KMMLU")
+def test_repeated_filler_words_do_not_change_the_paper_that_answers(ingested_settings, retriever):
+    assistant, _ = _scripted(ingested_settings, retriever, "")
+    answer = assistant.ask(KMMLU_Q + " Please be precise." * 20)
+    assert_citations_verbatim(answer, CORPUS)
+    assert not answer.abstained and KMMLU_SOURCE in [(c.source, c.line) for c in answer.citations], answer.answer
 
 
 def test_warm_up_embeds_the_corpus_sentences_once_and_keeps_them(tmp_path, embedder):
