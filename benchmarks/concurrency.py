@@ -139,7 +139,8 @@ def main() -> None:
 
         llm_port = free_port()
         llm = start([python, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--host", "127.0.0.1",
-                     "--port", str(llm_port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 2)],
+                     "--port", str(llm_port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 2),
+                     "--interrupt_requests", "False"],
                     base_env, work / "llm.log", llm_port, "llama_cpp.server")
         servers = [llm]
         try:

@@ -37,7 +37,7 @@ ANONYMIZED_TELEMETRY=False "$VENV/bin/chroma" run --path "$CHROMA_DATA" --host "
 pids+=($!)
 echo "serve-stack: llama.cpp server on http://$HOST:$LLM_PORT/v1 with $MODEL" >&2
 "$PY" -m llama_cpp.server --model "$MODEL" --host "$HOST" --port "$LLM_PORT" --n_ctx "$N_CTX" \
-  --n_threads "$(nproc)" >/dev/null 2>&1 &
+  --n_threads "$(nproc)" --interrupt_requests False >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$CHROMA_PORT" "the Chroma server"
 wait_port "$LLM_PORT" "the llama.cpp server"
