@@ -25,7 +25,7 @@ from typing import IO, Protocol
 
 from tqdm import tqdm
 
-from rag.errors import BatchInputError, ModelError, QuestionError
+from rag.errors import BatchInputError, IndexError_, ModelError, QuestionError
 from rag.inputs import InvalidText, clean_text
 from rag.types import Answer, BatchRecord
 
@@ -284,7 +284,7 @@ def run_batch(answerer: Answerer, input_path: Path, out: Path, progress: bool = 
                 try:
                     answer = answerer(item.question)
                     record = BatchRecord(id=item.id, **answer.model_dump())
-                except (QuestionError, ModelError) as e:
+                except (QuestionError, ModelError, IndexError_) as e:  # this question; a later run retries it
                     # A refused question, or a model server that is down or failed mid-answer: an error record, and
                     # the batch goes on (error records are answered again when the batch is run again).
                     record = error_record(item, str(e))

@@ -217,7 +217,11 @@ def batch(
     # Wrong paths (OUTPUT a folder, or the input itself) and an input without questions fail before the model loads.
     check_paths(input_path, output)
     read_items(input_path)
-    assistant = Assistant(_checked_model_settings(ctx, model, llm_url))
+    settings = _checked_model_settings(ctx, model, llm_url)
+    from rag.index import open_index
+
+    open_index(settings)  # no index (or an unfinished one) stops here; a store lost mid-run is an error record per question
+    assistant = Assistant(settings)
     try:
         counts = run_batch(functools.partial(assistant.ask, k=k), input_path, output)
     finally:

@@ -564,6 +564,9 @@ def serve(
     from rag.answer import Assistant
 
     assistant = Assistant(settings)
+    from rag.store import Store
+
+    announce(f"index: {Store.for_settings(settings).location} (collection {settings.collection!r})")
     announce(describe_model(assistant, settings))
     warm_up(assistant)
     app = build_app(settings, assistant)
