@@ -156,7 +156,7 @@ class Store:
             self._client = _http_client(self.url, self.connect_timeout_s)
         if self._client is None:
             if not create and not self.chroma_dir.is_dir():
-                raise IndexError_(f"no index at {self.chroma_dir}: run `rag ingest` first")
+                raise IndexError_(f"no index in the {self.location}: run `rag ingest` first")
             os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
             import chromadb
             from chromadb.config import Settings as ChromaSettings
@@ -221,8 +221,8 @@ class Store:
         start a fresh Chroma system for the path. Anything still using the old one finishes on its snapshot."""
         from chromadb.api.shared_system_client import SharedSystemClient
 
-        if self._client is not None and not self.url:  # a server sees every writer: nothing to forget
-            SharedSystemClient._identifier_to_system.pop(self._client_path, None)
+        if not self.url:  # a server sees every writer: nothing to forget
+            SharedSystemClient._identifier_to_system.pop(self._client_path or str(self.chroma_dir), None)
         self._client, self._collection = None, None
 
     def reopen(self) -> str:
