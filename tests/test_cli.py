@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,8 +16,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from checks import assert_citations_verbatim
 from rag.cli import cli
-from rag.config import Settings
+from rag.config import PROJECT_ROOT, Settings
+
+CORPUS = PROJECT_ROOT / "corpus"
+EXAONE_Q = "In which sizes are the EXAONE 3.5 language models offered?"
+EXAONE_SOURCE = ("000_984080258767f917.txt", 1)
 
 
 @pytest.fixture
@@ -61,18 +69,52 @@ def test_errors_are_one_line_with_an_exit_code(env, tmp_path: Path):
     assert "Traceback" not in missing.stderr + no_index.stderr + empty.stderr
 
 
+def printed_citations(stdout: str) -> list[dict]:
+    """The citations `rag ask` prints under "Sources:": '  [n] title — source:line' then '      "quote"'."""
+    lines = stdout.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        head = re.match(r"^  \[(\d+)\] .* — (\S+):(\d+)$", line)
+        if head:
+            quote = re.match(r'^      "(.*)"$', lines[i + 1])
+            assert quote, f"no quoted line under {line!r}"
+            out.append({"n": int(head[1]), "source": head[2], "line": int(head[3]), "quote": quote[1]})
+    return out
+
+
 @pytest.mark.llm
 def test_ask_streams_then_lists_sources(env):
-    out = _rag(["ask", "In which sizes are the EXAONE 3.5 language models offered?"], env)
+    out = _rag(["ask", EXAONE_Q], env)
     assert out.returncode == 0, out.stderr
-    assert "000_984080258767f917.txt:1" in out.stdout
-    assert "[1]" in out.stdout
+    assert "Nearest passages (not enough to answer)" not in out.stdout, out.stdout
+    assert "\nSources:\n" in out.stdout and "[1]" in out.stdout
+    citations = printed_citations(out.stdout)
+    assert EXAONE_SOURCE in [(c["source"], c["line"]) for c in citations], out.stdout
+    assert_citations_verbatim({"citations": citations}, CORPUS)
+
+
+@pytest.mark.llm
+def test_ask_json_is_a_cited_answer(env):
+    out = _rag(["ask", EXAONE_Q, "--json"], env)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert not answer["abstained"] and answer["citations"], answer["answer"]
+    assert EXAONE_SOURCE in [(c["source"], c["line"]) for c in answer["citations"]]
+    assert_citations_verbatim(answer, CORPUS)
+
+
+@pytest.mark.llm
+def test_ask_off_topic_abstains(env):
+    out = _rag(["ask", "What oven temperature and proofing time work best for baking sourdough bread?", "--json"], env)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["abstained"] and not answer["citations"] and answer["passages"]
 
 
 @pytest.mark.llm
 def test_batch_survives_kill_9_and_resumes(env, tmp_path: Path):
     questions = [
-        "In which sizes are the EXAONE 3.5 language models offered?",
+        EXAONE_Q,
         "How many questions does the KMMLU benchmark contain?",
         "What is Text4VPR?",
         "What sparsity can sparse finetuning reach for MPT without accuracy loss?",
@@ -106,6 +148,42 @@ def test_batch_survives_kill_9_and_resumes(env, tmp_path: Path):
         assert {"retrieve_s", "first_token_s", "total_s", "prompt_tokens", "completion_tokens"} <= r["timings"].keys()
         for c in r["citations"]:
             assert {"n", "source", "line", "paper_id", "title", "quote", "score"} <= c.keys()
+        assert_citations_verbatim(r, CORPUS)
     exaone = by_id["q0"]
     assert not exaone["abstained"]
-    assert ("000_984080258767f917.txt", 1) in [(c["source"], c["line"]) for c in exaone["citations"]]
+    assert EXAONE_SOURCE in [(c["source"], c["line"]) for c in exaone["citations"]]
+
+
+@pytest.mark.llm
+@pytest.mark.xfail(reason="rag/ui.py: Ctrl-C while the daemon thread 'sentence-prefetch' is still embedding the corpus "
+                   "sentences usually aborts the process (SIGABRT, 'terminate called without an active exception'); "
+                   "not strict: whether it aborts depends on where that thread is when the interpreter shuts down")
+def test_serve_stops_cleanly_on_ctrl_c_while_it_warms_up(tmp_path: Path, ingested_settings: Settings):
+    """`rag serve` on a data dir with no saved sentence vectors is stopped with Ctrl-C as soon as it listens, while
+    it is still embedding the corpus sentences in the background. It must exit 0 (or 130), not crash. Twice, as the
+    crash depends on timing."""
+    for attempt in range(2):
+        data = tmp_path / f"data{attempt}"
+        shutil.copytree(ingested_settings.data_dir, data, ignore=shutil.ignore_patterns("sentence_vectors*", "*.lock"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        err_path = tmp_path / f"serve{attempt}.err"
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "rag", "serve", "--port", str(port)],
+                                    env={**os.environ, "RAG_DATA_DIR": str(data)}, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and proc.poll() is None:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.2)
+            assert proc.poll() is None, err_path.read_text()
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code in (0, 130), f"attempt {attempt + 1}: exit {code}:\n{err_path.read_text()[-2000:]}"
