@@ -147,7 +147,7 @@ class Assistant:
         if prefetch:
             self.prefetch_sentences()
 
-    def prefetch_sentences(self) -> None:
+    def prefetch_sentences(self, stop: threading.Event | None = None) -> None:
         """Embed every indexed abstract's sentences once and keep them on disk: a question's context then costs
         no embedding (seconds the first time, milliseconds once the vectors are saved)."""
         papers, limit = self.retriever.paper_count(), self.settings.answer.prefetch_max_papers
@@ -156,7 +156,7 @@ class Assistant:
             return
         sentences = [s for abstract in self.retriever.abstracts() for s in split_sentences(abstract)]
         started = time.perf_counter()
-        new = self.scorer.prefetch(sentences)
+        new = self.scorer.prefetch(sentences, stop=stop)
         if new:
             logger.info("embedded %d new corpus sentences in %.1fs", new, time.perf_counter() - started)
         self.save_caches()
@@ -217,7 +217,7 @@ class Assistant:
         standalone = standalone_question(question, history)
         yield StreamEvent(kind="query", text=standalone)
 
-        passages = self.retriever.search(standalone, k=k or cfg.retrieval.k)
+        passages = self.retriever.search(standalone, k=k or cfg.retrieval.k, max_chars=cfg.answer.max_question_chars)
         timings = Timings(retrieve_s=round(time.perf_counter() - started, 4))
         yield StreamEvent(kind="passages", passages=passages)
 

@@ -168,11 +168,14 @@ class SentenceScorer:
                 return np.zeros((0, 1), dtype=np.float32)
             return np.stack([self._cache[t] for t in texts])
 
-    def prefetch(self, texts: Sequence[str], batch_size: int = 64) -> int:
+    def prefetch(self, texts: Sequence[str], batch_size: int = 64, stop: threading.Event | None = None) -> int:
         """Embed the texts not cached yet (in batches, so questions can interleave, saved as it goes); returns how
-        many were new."""
+        many were new. `stop` ends it between two batches (a server shutting down)."""
         missing = self._missing(texts)
         for start in range(0, len(missing), batch_size):
+            if stop is not None and stop.is_set():
+                self.save()
+                return start
             self.vectors(missing[start : start + batch_size])
             if start // batch_size % 20 == 19:
                 self.save()

@@ -122,10 +122,11 @@ class Retriever:
             logger.warning("dense search failed (%s): ranking by BM25 alone for this question", e)
             return []
 
-    def search(self, query: str, k: int | None = None) -> list[Passage]:
-        """The k best papers for the query, best first."""
+    def search(self, query: str, k: int | None = None, max_chars: int | None = None) -> list[Passage]:
+        """The k best papers for the query, best first (a query longer than max_chars, by default the settings'
+        question limit, is refused)."""
         cfg = self.settings.retrieval
-        query = question_text(query, self.settings.answer.max_question_chars, what="the query")
+        query = question_text(query, max_chars or self.settings.answer.max_question_chars, what="the query")
         k = passages_k(k) or cfg.k
         store, lexical = self._index()
         query_vector = self.embedder.embed([query])[0]

@@ -80,7 +80,8 @@ class AssistantPool:
     model only, and no Assistant is made per local GGUF.
     """
 
-    def __init__(self, settings: Settings, assistant: Assistant | None = None):
+    def __init__(self, settings: Settings, assistant: Assistant | None = None, background: Background | None = None):
+        self.background = background or Background()
         self.settings = settings
         self.remote = bool(settings.llm.url)
         self._lock = threading.Lock()
@@ -334,7 +335,7 @@ class ChatCallbacks:
         except RagError as e:
             raise gr.Error(str(e), title="Re-index failed") from e
         self.pool.invalidate()
-        prefetch_in_background(self.pool.get())  # new papers' sentences are embedded and saved now, not per question
+        prefetch_in_background(self.pool.get(), self.pool.background)  # new papers' sentences now, not per question
         gr.Info(
             f"Indexed {summary.papers} papers: {summary.chunks_added} chunks embedded, "
             f"{summary.chunks_unchanged} unchanged, {summary.chunks_removed} removed ({summary.seconds:.1f}s)."
@@ -417,9 +418,9 @@ def _header(settings: Settings) -> str:
     )
 
 
-def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
+def build_app(settings: Settings, assistant: Assistant | None = None, background: Background | None = None) -> RagApp:
     """The whole web app, not launched. With no assistant, one is created per model on first use."""
-    pool = AssistantPool(settings, assistant)
+    pool = AssistantPool(settings, assistant, background)
     cb = ChatCallbacks(settings, pool)
     llm = settings.llm
     limit = assistant_concurrency(settings)  # questions answered at once (every "assistant" event shares it)
@@ -507,7 +508,27 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> RagApp:
     return app
 
 
-def warm_up(assistant: Assistant) -> None:
+class Background:
+    """The app's background work (embedding the corpus sentences), stopped between two batches when the server
+    shuts down: a thread left inside the embedder's native code at exit aborts the process."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return thread
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout_s)
+
+
+def warm_up(assistant: Assistant, background: Background | None = None) -> None:
     """Open the index and load the embedder and the model before the first visitor, so the first answer is quick
     and no request races another to open the store first. A missing index is not fatal: the page can build it."""
     logger.info("warming up: opening the index, loading the embedder and the model")
@@ -516,20 +537,18 @@ def warm_up(assistant: Assistant) -> None:
     except RagError as e:
         logger.warning("not warmed up (%s); the page shows the index status and can re-index", e)
         return
-    prefetch_in_background(assistant)
+    prefetch_in_background(assistant, background or Background())
 
 
-def prefetch_in_background(assistant: Assistant) -> threading.Thread:
+def prefetch_in_background(assistant: Assistant, background: Background) -> threading.Thread:
     """Embed and save the corpus sentences' vectors (about 13 s on 2 cores the first time, then read from disk)
     while the page is already up; a question asked meanwhile embeds the few sentences it needs itself."""
-    thread = threading.Thread(target=_prefetch_quietly, args=(assistant,), name="sentence-prefetch", daemon=True)
-    thread.start()
-    return thread
+    return background.start(lambda: _prefetch_quietly(assistant, background.stop), "sentence-prefetch")
 
 
-def _prefetch_quietly(assistant: Assistant) -> None:
+def _prefetch_quietly(assistant: Assistant, stop: threading.Event) -> None:
     try:
-        assistant.prefetch_sentences()
+        assistant.prefetch_sentences(stop=stop)
     except Exception:  # noqa: BLE001 - a background speed-up must never take the server down
         logger.exception("embedding the corpus sentences in the background failed; answers embed them as needed")
 
@@ -568,9 +587,13 @@ def serve(
 
     announce(f"index: {Store.for_settings(settings).location} (collection {settings.collection!r})")
     announce(describe_model(assistant, settings))
-    warm_up(assistant)
-    app = build_app(settings, assistant)
+    background = Background()
+    warm_up(assistant, background)
+    app = build_app(settings, assistant, background)
     host = host or settings.ui.host
     port = port or settings.ui.port
     logger.info("serving on http://%s:%d", host, port)
-    app.launch(server_name=host, server_port=port, share=share, inbrowser=False)
+    try:
+        app.launch(server_name=host, server_port=port, share=share, inbrowser=False)
+    finally:
+        background.shutdown()

@@ -155,9 +155,6 @@ def test_batch_survives_kill_9_and_resumes(env, tmp_path: Path):
 
 
 @pytest.mark.llm
-@pytest.mark.xfail(reason="rag/ui.py: Ctrl-C while the daemon thread 'sentence-prefetch' is still embedding the corpus "
-                   "sentences usually aborts the process (SIGABRT, 'terminate called without an active exception'); "
-                   "not strict: whether it aborts depends on where that thread is when the interpreter shuts down")
 def test_serve_stops_cleanly_on_ctrl_c_while_it_warms_up(tmp_path: Path, ingested_settings: Settings):
     """`rag serve` on a data dir with no saved sentence vectors is stopped with Ctrl-C as soon as it listens, while
     it is still embedding the corpus sentences in the background. It must exit 0 (or 130), not crash. Twice, as the

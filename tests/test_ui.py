@@ -86,7 +86,7 @@ class ScriptedAssistant:
         self.retriever.invalidate = lambda: setattr(self.retriever, "invalidated", self.retriever.invalidated + 1)
         self.prefetched = threading.Event()
 
-    def prefetch_sentences(self) -> None:
+    def prefetch_sentences(self, stop=None) -> None:
         self.prefetched.set()
 
     def ask(self, question, history=(), k=None, temperature=None, max_tokens=None) -> Answer:
