@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,25 @@ class EmbeddingSettings(BaseModel):
     )
     batch_size: int = Field(
         default=16, ge=1, le=1024, description="Texts embedded per forward pass (16 pads least on CPU, measured)."
+    )
+    backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="onnx-int8",
+        description="What runs the model. 'torch': sentence-transformers. 'onnx': the same weights exported once "
+        "(lazily, offline, cached in cache_dir) and run by onnxruntime: the same vectors (cosine >= 0.9999), so it "
+        "shares torch's index; if the export fails, torch runs instead, with a warning. 'onnx-int8' (default, the "
+        "only one that doubles ingest): onnxruntime with int8 weights, vectors drift (cosine to torch 0.993 mean, "
+        "0.989 min), so it is recorded as another embedder and needs its own index (`rag ingest --rebuild`); "
+        "retrieval holds: eval/qa_dev.jsonl recall@5 0.955 / MRR 0.928 (torch 0.940 / 0.925), the six blind sets "
+        "pooled 0.984 / 0.961 (torch 0.990 / 0.962). Measured interleaved on 2 cores at load 0.8-1.7, 300 corpus "
+        "chunks of ~196 word pieces (benchmarks/embedder_backends.py): torch 25.5 texts/s, onnx 30.7 (1.20x), "
+        "onnx-int8 57.0 (2.23x), OpenVINO fp32 34.5 (1.35x, not used); warm ingest of the corpus: torch 24.9 "
+        "chunks/s, onnx 28.6, onnx-int8 50.5 (2.0x).",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where the ONNX exports are cached (keyed by the model's files). None: the caller decides "
+        "(Settings.embedder_cache_dir, beside the index, via Embedder.for_settings), else the per-user cache "
+        "$XDG_CACHE_HOME/rag-abstracts/embedder (~/.cache/...).",
     )
 
 
@@ -179,6 +199,11 @@ class Settings(BaseSettings):
     @property
     def chroma_dir(self) -> Path:
         return self.data_dir / "chroma"
+
+    @property
+    def embedder_cache_dir(self) -> Path:
+        """ONNX exports of the embedder (disposable: made again from the model folder when missing)."""
+        return self.data_dir / "embedder"
 
     @property
     def sentence_vectors_path(self) -> Path:

