@@ -142,7 +142,7 @@ from rag.embedding import Embedder
 settings = Settings()
 papers = load_corpus([{corpus!r}]).papers
 texts = [c.embed_text for c in chunk_papers(papers, settings.chunking)][:{n}]
-embedder = Embedder(settings.embedding)
+embedder = Embedder.for_settings(settings)
 embedder.embed(texts[:8])
 started = time.perf_counter()
 embedder.embed(texts)

@@ -40,17 +40,18 @@ class EmbeddingSettings(BaseModel):
         default=16, ge=1, le=1024, description="Texts embedded per forward pass (16 pads least on CPU, measured)."
     )
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        default="onnx-int8",
-        description="What runs the model. 'torch': sentence-transformers. 'onnx': the same weights exported once "
-        "(lazily, offline, cached in cache_dir) and run by onnxruntime: the same vectors (cosine >= 0.9999), so it "
-        "shares torch's index; if the export fails, torch runs instead, with a warning. 'onnx-int8' (default, the "
-        "only one that doubles ingest): onnxruntime with int8 weights, vectors drift (cosine to torch 0.993 mean, "
-        "0.989 min), so it is recorded as another embedder and needs its own index (`rag ingest --rebuild`); "
-        "retrieval holds: eval/qa_dev.jsonl recall@5 0.955 / MRR 0.928 (torch 0.940 / 0.925), the six blind sets "
-        "pooled 0.984 / 0.961 (torch 0.990 / 0.962). Measured interleaved on 2 cores at load 0.8-1.7, 300 corpus "
-        "chunks of ~196 word pieces (benchmarks/embedder_backends.py): torch 25.5 texts/s, onnx 30.7 (1.20x), "
-        "onnx-int8 57.0 (2.23x), OpenVINO fp32 34.5 (1.35x, not used); warm ingest of the corpus: torch 24.9 "
-        "chunks/s, onnx 28.6, onnx-int8 50.5 (2.0x).",
+        default="onnx",
+        description="What runs the model. 'torch': sentence-transformers. 'onnx' (default): the same weights exported "
+        "once (lazily, offline, cached beside the index) and run by onnxruntime: the same vectors (cosine >= 0.9999), "
+        "so it shares torch's index; if the export fails, torch runs instead, with a warning. 'onnx-int8': "
+        "onnxruntime with int8 weights, the only one that doubles ingest; its vectors drift (cosine to torch 0.993 "
+        "mean, 0.989 min), so it is recorded as another embedder and needs its own index (`rag ingest --rebuild`). "
+        "Retrieval holds with it (eval/qa_dev.jsonl recall@5 0.955 / MRR 0.928, torch 0.940 / 0.925; six blind sets "
+        "pooled 0.984 / 0.961, torch 0.990 / 0.962), but min_relevance was fitted on fp32 cosines (3 of 324 eval "
+        "questions cross it under int8), so it is opt-in until the abstention gate is refitted. Measured interleaved "
+        "on 2 cores, 300 corpus chunks of ~196 word pieces (benchmarks/embedder_backends.py): torch 25.5 texts/s, "
+        "onnx 30.7 (1.20x), onnx-int8 57.0 (2.23x), OpenVINO fp32 34.5 (1.35x, not used); warm ingest of the "
+        "corpus: torch 24.9 chunks/s, onnx 28.6, onnx-int8 50.5 (2.0x).",
     )
     cache_dir: Path | None = Field(
         default=None,

@@ -42,7 +42,7 @@ def check_compatible(store: Store, embedder_name: str, chunking: str) -> None:
 
 def open_index(settings: Settings, embedder: Embedder | None = None) -> Store:
     """The store of a complete, compatible index, or an IndexError_ saying what to run."""
-    embedder = embedder or Embedder(settings.embedding)
+    embedder = embedder or Embedder.for_settings(settings)
     store = Store.for_settings(settings)
     if not store.exists():
         raise IndexError_(f"no index in the {store.location}: run `rag ingest` first")

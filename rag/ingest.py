@@ -73,7 +73,7 @@ def ingest(
     """
     started = time.perf_counter()
     corpus = load_corpus(list(paths) if paths else settings.corpus_paths)  # raises before any write
-    embedder = embedder or Embedder(settings.embedding)
+    embedder = embedder or Embedder.for_settings(settings)
     with writer_lock(settings.data_dir):
         leftover = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX)
         if leftover.exists():  # an interrupted rebuild: never half-visible, started afresh when asked again

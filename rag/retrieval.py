@@ -44,7 +44,7 @@ def lexical_index_for(store: Store, fingerprint: str, settings: Settings) -> Lex
 class Retriever:
     def __init__(self, settings: Settings, embedder: Embedder | None = None):
         self.settings = settings
-        self.embedder = embedder or Embedder(settings.embedding)
+        self.embedder = embedder or Embedder.for_settings(settings)
         self._store: Store | None = None
         self._lexical: LexicalIndex | None = None
         self._collection_id = ""
