@@ -65,7 +65,8 @@ class Retriever:
             meta = store.metadata
             fingerprint = str(meta.get(META_FINGERPRINT, ""))
             current = self._lexical
-            if current is not None and (current.fingerprint, self._collection_id) == (fingerprint, collection_id):
+            unchanged = current is not None and (current.fingerprint, self._collection_id) == (fingerprint, collection_id)
+            if unchanged:
                 return store, current
             if meta.get(META_STATE) != "complete" and current is not None:
                 logger.info("the index is being written by another process: answering from the one loaded")

@@ -222,7 +222,12 @@ class Store:
         from chromadb.api.shared_system_client import SharedSystemClient
 
         if not self.url:  # a server sees every writer: nothing to forget
-            SharedSystemClient._identifier_to_system.pop(self._client_path or str(self.chroma_dir), None)
+            stale = SharedSystemClient._identifier_to_system.pop(self._client_path or str(self.chroma_dir), None)
+            if stale is not None:
+                try:  # stopping it persists what it had applied of the other writer's log, for the fresh one to read
+                    stale.stop()
+                except Exception as e:  # noqa: BLE001 - a failed stop only costs this process the fresher view
+                    logger.info("stopping the stale Chroma system failed: %s", e)
         self._client, self._collection = None, None
 
     def reopen(self) -> str:

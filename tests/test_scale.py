@@ -136,8 +136,8 @@ def test_two_thousand_synthetic_papers_ingest_and_answer(tmp_path: Path):
     assert summary["papers"] == 2000 and summary["chunks_added"] >= 2000
     print(f"2000 papers, {summary['chunks_added']} chunks ingested in {time.monotonic() - started:.0f} s")
     first_line = json.loads(corpus.read_text().splitlines()[0])
-    sentence = first_line["abstract"].split(". ")[0]
-    search = rag(["search", sentence, "--json", "--k", "5"], env)
+    # a synthetic abstract's sentences recur in other papers; its title (random words) is its own
+    search = rag(["search", first_line["title"], "--json", "--k", "5"], env)
     assert search.returncode == 0, search.stderr
     assert any(p["text"] == first_line["abstract"] for p in json.loads(search.stdout))
     ask = rag(["ask", f"What does the paper '{first_line['title']}' say?", "--json"], env)
