@@ -52,11 +52,11 @@ def rag_exe() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "rag"]
 
 
-def run_child(args: list[str], log: Path) -> dict[str, Any]:
-    """Run a command; wall time, exit status, stdout and the child's own peak RSS (wait4)."""
+def run_child(args: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a command; wall time, exit status, stdout and the child's own peak RSS (wait4); stderr goes to log."""
     started = time.perf_counter()
     with log.open("ab") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env)
         stdout = proc.stdout.read() if proc.stdout else b""
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import socket
 import statistics
@@ -32,6 +31,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import run_child  # noqa: E402 - the same wait4-measured child runner as the main benchmark
 
 TODAY_CHUNKS_PER_S = 28.0  # before this work: 5,000 synthetic abstracts, 7,083 chunks in 249 s, model load included
 TARGETS = {  # at N = 100k
@@ -84,20 +86,6 @@ def synthetic_corpus(n: int, seed: int, path: Path) -> int:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def run(args: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
-    """Run a child; wall time, stdout, and the child's own peak RSS (wait4); its stderr goes to log."""
-    started = time.perf_counter()
-    with log.open("ab") as err:
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-        stdout = proc.stdout.read() if proc.stdout else b""
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed with status {proc.returncode}: see {log}")
-    return {"wall_s": wall, "stdout": stdout.decode(), "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def timed_child(code: str, env: dict[str, str]) -> dict[str, Any]:
@@ -219,7 +207,7 @@ def measure(n: int, seed: int, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"papers": n, "seed": seed, "sentence_pool": pool}
     print(f"[{n}] ingest ...", flush=True)
     log = work / "stderr.log"
-    ingest = run(rag("ingest", "--json"), env, log)
+    ingest = run_child(rag("ingest", "--json"), log, env)
     summary = json.loads(ingest["stdout"])
     result["chunks"] = summary["chunks_added"]
     result["ingest_s"] = round(ingest["wall_s"], 1)
@@ -230,11 +218,11 @@ def measure(n: int, seed: int, work: Path) -> dict[str, Any]:
     result["pipeline_vs_raw_embedder"] = round(result["ingest_chunks_per_s"] / raw["texts_per_s"], 2)
     result["index_size_mb"] = round(du_mb(work / "data"), 1)
     print(f"[{n}] warm re-ingest ...", flush=True)
-    warm = run(rag("ingest", "--json"), env, log)
+    warm = run_child(rag("ingest", "--json"), log, env)
     assert json.loads(warm["stdout"])["chunks_added"] == 0
     result["warm_reingest_s"] = round(warm["wall_s"], 1)
     print(f"[{n}] cold start, search, first token, serve ...", flush=True)
-    cold = run(rag("search", SEARCH_QUESTIONS[0], "--json"), env, log)
+    cold = run_child(rag("search", SEARCH_QUESTIONS[0], "--json"), log, env)
     result["cold_start_s"] = round(cold["wall_s"], 2)
     result["cold_start_peak_rss_mb"] = round(cold["peak_rss_mb"])
     search = timed_child(SEARCH.format(questions=SEARCH_QUESTIONS), env)

@@ -405,26 +405,27 @@ def build_context(
     return Context(question=question, papers=shown, messages=messages, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
 
+def _longest_fitting(n: int, fits) -> int:  # noqa: ANN001 - fits: Callable[[int], bool], monotone
+    """The largest m in 0..n with fits(m) true (fits(0) is assumed), by binary search."""
+    low, high = 0, n
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
 def fit_sentence(sentence: str, max_tokens: int, llm: ChatModel) -> str:
     """The sentence, or its longest word prefix that fits in max_tokens followed by '…' (still a verbatim quote)."""
     if llm.count_tokens(sentence) <= max_tokens:
         return sentence
     words = sentence.split()
-    low, high = 0, len(words)  # the longest prefix of `low` words fits
-    while low < high:
-        middle = (low + high + 1) // 2
-        if llm.count_tokens(" ".join(words[:middle]) + "…") <= max_tokens:
-            low = middle
-        else:
-            high = middle - 1
-    if low == 0:  # one "word" longer than the window (a run of symbols): cut it by characters
-        text, low, high = words[0] if words else sentence, 0, len(words[0] if words else sentence)
-        while low < high:
-            middle = (low + high + 1) // 2
-            low, high = (middle, high) if llm.count_tokens(text[:middle] + "…") <= max_tokens else (low, middle - 1)
-        return text[: max(low, 1)] + "…"
-    logger.info("cut a %d-word sentence to %d words to fit the context window", len(words), low)
-    return " ".join(words[:low]) + "…"
+    kept = _longest_fitting(len(words), lambda m: llm.count_tokens(" ".join(words[:m]) + "…") <= max_tokens)
+    if kept == 0:  # one "word" longer than the window (a run of symbols): cut it by characters
+        text = words[0] if words else sentence
+        chars = _longest_fitting(len(text), lambda m: llm.count_tokens(text[:m] + "…") <= max_tokens)
+        return text[: max(chars, 1)] + "…"
+    logger.info("cut a %d-word sentence to %d words to fit the context window", len(words), kept)
+    return " ".join(words[:kept]) + "…"
 
 
 def _renumber(papers: list[PaperContext]) -> list[PaperContext]:

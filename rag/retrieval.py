@@ -151,14 +151,14 @@ class Retriever:
         similarity: dict[str, float] = {}
         for chunk_id, sim in dense:
             similarity[paper_of(chunk_id)] = max(similarity.get(paper_of(chunk_id), -1.0), sim)
-        chunks = store.get([chunk_id for _, (_, chunk_id) in ranked[: k + 5]])
-        firsts = store.get([f"{paper_id}:0" for paper_id, _ in ranked[: k + 5]])
+        wanted = ranked[: k + 5]  # a few spare papers in case a concurrent re-ingest removed some
+        stored = store.get([chunk_id for _, (_, chunk_id) in wanted] + [f"{paper_id}:0" for paper_id, _ in wanted])
         bm25_by_chunk = dict(lexical_hits)
         passages: list[Passage] = []
         for paper_id, (score, chunk_id) in ranked:
             if len(passages) == k:
                 break
-            chunk, first = chunks.get(chunk_id), firsts.get(f"{paper_id}:0")
+            chunk, first = stored.get(chunk_id), stored.get(f"{paper_id}:0")
             if chunk is None or first is None:
                 continue  # removed by a concurrent re-ingest; the next search sees the new index
             if paper_id not in similarity:

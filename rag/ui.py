@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -565,21 +564,17 @@ def describe_model(assistant: Assistant, settings: Settings) -> str:
         return f"model: not available yet ({e})"
 
 
-def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def serve(
     settings: Settings,
     host: str | None = None,
     port: int | None = None,
     share: bool = False,
-    announce: Callable[[str], None] = _to_stderr,
+    announce: Callable[[str], None] = logger.info,
 ) -> None:
     """Launch the app (blocking) on settings.ui host/port, loopback by default; never shared unless asked.
 
-    `announce` is given one line at startup naming the model used (stderr by default: visible at any log level,
-    like Gradio's own "Running on" line)."""
+    `announce` is given the startup lines naming the index and the model (logged by default; `rag serve` echoes them
+    to stderr, visible at any log level like Gradio's own "Running on" line)."""
     from rag.answer import Assistant
 
     assistant = Assistant(settings)
