@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from checks import assert_citations_verbatim  # noqa: E402
 from test_chroma_server import ChromaServer  # noqa: E402
-from test_llm_server import ModelServer, free_port  # noqa: E402
+from test_hardening import Server  # noqa: E402
+from test_llm_server import ModelServer  # noqa: E402
 
 from rag.config import PROJECT_ROOT, LLMSettings, Settings, StoreSettings  # noqa: E402
 
@@ -51,50 +50,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChromaServ
         chroma.stop()
 
 
-class App:
-    """`rag serve` as a subprocess on a free loopback port."""
-
-    def __init__(self, env: dict[str, str], log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = log
-        with log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "rag", "serve", "--port", str(self.port)], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"rag serve exited: {log.read_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError("rag serve did not start")
-
-    def ask(self, question: str) -> dict:
-        from gradio_client import Client
-
-        return Client(self.url, verbose=False).predict(question, [], None, api_name="/ask")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def test_two_app_processes_share_both_servers_and_answer_concurrently(stack, tmp_path: Path):
     chroma, model, env = stack
-    apps = [App(env, tmp_path / f"app{i}.log") for i in range(2)]
+    apps = [Server(env, tmp_path / f"app{i}.log") for i in range(2)]
     try:
         for app in apps:
             log = app.log.read_text()
             assert f"index: Chroma server {chroma.url}" in log and f"on the model server {model.url}" in log
         jobs = [(app, question) for question in QUESTIONS for app in apps]
         with ThreadPoolExecutor(len(jobs)) as pool:
-            answers = list(pool.map(lambda job: job[0].ask(job[1]), jobs))
+            answers = list(pool.map(lambda job: job[0].client().predict(job[1], [], None, api_name="/ask"), jobs))
         for answer in answers:
             assert not answer["abstained"] and answer["citations"], answer["answer"]
             assert answer["model"]["sha256"] is None
