@@ -99,6 +99,14 @@ class StoreSettings(BaseModel):
     connect_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="How long to wait for the Chroma server before a clear error."
     )
+    ef_search: int = Field(
+        default=400,
+        ge=10,
+        le=5000,
+        description="Breadth of Chroma's HNSW search (set on the collection at ingest). Chroma rebuilds a small "
+        "index's graph from its log at every start, differently each time; at its default of 100 a process could "
+        "then miss the one chunk that matches best. Higher is more exact and slower (about 1 ms per query at 100k chunks).",
+    )
 
 
 class LLMSettings(BaseModel):

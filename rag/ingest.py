@@ -107,6 +107,7 @@ def _sync(
     signature = chunking_signature(settings.chunking)
     if store.exists():
         check_compatible(store, embedder.name, signature)
+        store.ensure_search_breadth()
     else:
         store.collection(
             create_with={META_EMBEDDER: embedder.name, META_CHUNKING: signature, META_STATE: "writing", META_LAYOUT: LAYOUT}

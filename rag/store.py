@@ -129,11 +129,12 @@ class Store:
     server (`url`, an HttpClient: several processes, on several machines, share it)."""
 
     def __init__(self, chroma_dir: Path, collection: str = "abstracts", url: str | None = None,
-                 connect_timeout_s: float = 10.0):
+                 connect_timeout_s: float = 10.0, ef_search: int = 400):
         self.chroma_dir = Path(chroma_dir)
         self.collection_name = collection
         self.url = url.rstrip("/") if url else None
         self.connect_timeout_s = connect_timeout_s
+        self.ef_search = ef_search
         self._client = None
         self._client_path = ""
         self._collection = None
@@ -142,7 +143,7 @@ class Store:
     def for_settings(cls, settings: Any, collection: str | None = None) -> Store:
         """The store the settings name (rag.config.Settings: data_dir, collection, store.url)."""
         return cls(settings.chroma_dir, collection or settings.collection, url=settings.store.url,
-                   connect_timeout_s=settings.store.connect_timeout_s)
+                   connect_timeout_s=settings.store.connect_timeout_s, ef_search=settings.store.ef_search)
 
     @property
     def location(self) -> str:
@@ -202,11 +203,19 @@ class Store:
                     raise IndexError_(f"no index in the {self.location}: run `rag ingest` first") from e
                 self._collection = client.create_collection(
                     self.collection_name,
-                    configuration={"hnsw": {"space": "cosine"}},
+                    configuration={"hnsw": {"space": "cosine", "ef_search": self.ef_search}},
                     metadata=create_with,
                     embedding_function=None,
                 )
         return self._collection
+
+    def ensure_search_breadth(self) -> None:
+        """Give an index written before ef_search was set (or with another value) this store's HNSW search breadth;
+        a writer's job (readers never modify the collection)."""
+        hnsw = (self.collection().configuration or {}).get("hnsw") or {}
+        if hnsw.get("ef_search") != self.ef_search:
+            logger.info("HNSW search breadth: ef_search %s -> %d", hnsw.get("ef_search"), self.ef_search)
+            self.collection().modify(configuration={"hnsw": {"ef_search": self.ef_search}})
 
     def delete_collection(self) -> None:
         if self.exists():

@@ -36,6 +36,7 @@ def test_bundled_corpus_summary_and_index(ingested_settings: Settings):
     store = open_index(ingested_settings)
     meta = store.collection().configuration_json["hnsw"]
     assert meta["space"] == "cosine"
+    assert meta["ef_search"] == ingested_settings.store.ef_search  # see test_an_old_index_gets_the_search_breadth
     sample = store.all_chunks()[0].metadata
     assert {"paper_id", "title", "source", "line", "date"} <= sample.keys()
 
@@ -53,6 +54,20 @@ def test_reingest_is_a_noop(settings: Settings, small_corpus: Path, embedder: Em
     assert (second.chunks_added, second.chunks_removed) == (0, 0)
     assert second.chunks_unchanged == first.chunks_added
     assert index_status(settings).fingerprint == fingerprint
+
+
+def test_an_old_index_gets_the_search_breadth(settings: Settings, small_corpus: Path, embedder: Embedder):
+    """Chroma rebuilds a small index's HNSW graph from its log at each start, differently each time; at its default
+    ef_search (100) a process sometimes missed the best chunk entirely (a paper added by `rag ingest` was found by
+    one `rag serve` and not by the next). The writer sets the settings' breadth on an index that lacks it."""
+    from rag.store import Store
+
+    ingest(settings, [small_corpus], embedder=embedder)
+    store = Store.for_settings(settings)
+    store.collection().modify(configuration={"hnsw": {"ef_search": 100}})  # as an index written before the setting
+    ingest(settings, [small_corpus], embedder=embedder)
+    fresh = Store.for_settings(settings)
+    assert fresh.collection().configuration_json["hnsw"]["ef_search"] == settings.store.ef_search == 400
 
 
 def test_removed_paper_leaves_the_index(settings: Settings, small_corpus: Path, embedder: Embedder):
