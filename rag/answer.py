@@ -10,27 +10,22 @@ Errors are raised as RagError subclasses (QuestionError, ModelError, IndexError_
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from rag.answerability import unanswerable_reason
 from rag.citations import check_answer
 from rag.config import Settings
-from rag.context import (
-    SentenceScorer,
-    build_context,
-    ensure_question_fits,
-    is_multi_paper_question,
-    question_names,
-    unanswerable_reason,
-)
+from rag.context import build_context, ensure_question_fits
 from rag.errors import ModelError, QuestionError
 from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
 from rag.inputs import InvalidText, clean_text, passages_k, question_text
 from rag.llm import ChatModel, chat_model
 from rag.prompts import NOT_IN_CORPUS, Prompts
+from rag.question import QuestionAnalysis, analyse
+from rag.scoring import SentenceScorer
 from rag.sentences import split_sentences
 from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
 
@@ -39,50 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NOT_IN_CORPUS", "Assistant", "standalone_question"]
-
-_FOLLOWUP_START = re.compile(r"^\s*(and|but|also|so|then|what about|how about|and what|and how|same for)\b", re.IGNORECASE)
-_REFERRING = re.compile(
-    r"\b(they|them|their|theirs|it|its|this|that|these|those|the (paper|papers|model|models|method|authors|work|approach|dataset|benchmark))\b",
-    re.IGNORECASE,
-)
-_CAPITALISED_RUN = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][\w\-.]*(?:\s+[A-Z0-9][\w\-.]*)*)")
-_WH_WORDS = {"what", "which", "how", "who", "when", "where", "why", "is", "are", "does", "do", "did", "can", "in", "on"}
-
-
-def _subject(question: str) -> str:
-    """What a question is about: its names and capitalised phrases ('Generative Context Distillation (GCD)')."""
-    phrases = [m.group(1) for m in _CAPITALISED_RUN.finditer(question.strip())]
-    phrases = [p for p in phrases if p.split()[0].lower() not in _WH_WORDS or len(p.split()) > 1]
-    names = [n for n in question_names(question) if not any(n in p for p in phrases)]
-    return ", ".join(dict.fromkeys([*phrases, *names]))
-
-
-def standalone_question(question: str, history: Sequence[ChatTurn]) -> str:
-    """Make a follow-up ('and which dataset did they use?') answerable on its own by naming what the earlier
-    questions were about. Deterministic and cheap: the 135M model is too weak to rewrite reliably."""
-    question = question.strip()
-    previous = [t.content.strip() for t in history if t.role == "user" and t.content.strip()]
-    if not previous:
-        return question
-    words = question.split()
-    followup = bool(_FOLLOWUP_START.match(question)) or (
-        not question_names(question) and (bool(_REFERRING.search(question)) or len(words) <= 4)
-    )
-    if not followup:
-        return question
-    subject = ""
-    for earlier in reversed(previous):
-        subject = _subject(earlier)
-        if subject:
-            break
-    if not subject:
-        subject = previous[-1].rstrip("?.! ")
-    body = _FOLLOWUP_START.sub("", question).strip(" ,") or question
-    body = body[0].upper() + body[1:]
-    mark = "?" if body.endswith("?") else ""
-    return f"{body.rstrip('?.! ')} (about {subject}){mark or '?'}"
-
+__all__ = ["NOT_IN_CORPUS", "Assistant"]
 
 class Assistant:
     """Answers questions from the indexed corpus with a local model. Cheap to construct: everything loads lazily."""
@@ -214,7 +166,8 @@ class Assistant:
         cfg = self.settings
         temperature = cfg.llm.temperature if temperature is None else temperature
         max_tokens = cfg.llm.max_tokens if max_tokens is None else max_tokens
-        standalone = standalone_question(question, history)
+        asked = analyse(question, history)  # the one analysis of this question, used by every stage below
+        standalone = asked.text
         yield StreamEvent(kind="query", text=standalone)
 
         passages = self.retriever.search(standalone, k=k or cfg.retrieval.k, max_chars=cfg.answer.max_question_chars)
@@ -225,8 +178,8 @@ class Assistant:
             question=question, standalone_question=standalone, passages=passages, model=self.model_info(),
             index=self.retriever.fingerprint(), prompt_version=self.prompts.version,
         )
-        ensure_question_fits(standalone, self.llm, self.prompts)
-        reason = self._abstain_reason(standalone, passages)
+        ensure_question_fits(standalone, self.llm, self.prompts, cfg.tuning)
+        reason = self._abstain_reason(asked, passages)
         if reason:
             logger.info("abstaining on %r: %s", standalone, reason)
             timings.total_s = round(time.perf_counter() - started, 4)
@@ -235,7 +188,7 @@ class Assistant:
             return
 
         context = build_context(
-            standalone, passages, scorer=self.scorer, llm=self.llm, prompts=self.prompts, settings=cfg, max_tokens=max_tokens
+            asked, passages, scorer=self.scorer, llm=self.llm, prompts=self.prompts, settings=cfg, max_tokens=max_tokens
         )
         pieces: list[str] = []
         for event in self.llm.stream_chat(context.messages, max_tokens=context.max_tokens, temperature=temperature):
@@ -250,8 +203,8 @@ class Assistant:
         raw = "".join(pieces).strip()
 
         checked = check_answer(raw, context, self.scorer)
-        multi = is_multi_paper_question(standalone)
-        if not checked.text or not new_facts(checked.text, standalone):
+        multi = asked.multi
+        if not checked.text or not new_facts(checked.text, asked):
             logger.info("the model's answer %r has no supported sentence that adds to the question: quoting", raw[:200])
             fallback = check_answer(grounded_fallback(context, multi), context, self.scorer)
             fallback.unsupported = checked.unsupported
@@ -260,17 +213,17 @@ class Assistant:
             # A 135M model often paraphrases loosely or picks the wrong figure: when its answer leaves out the names or
             # numbers of the most relevant passage sentence, that sentence is quoted after it, cited.
             evidence = grounded_fallback(context, multi=False, papers=[context.papers[0].n], sentences=1)
-            if not new_facts(evidence, standalone) <= new_facts(checked.text, standalone):
+            if not new_facts(evidence, asked) <= new_facts(checked.text, asked):
                 unsupported = checked.unsupported
                 checked = check_answer(f"{raw}\n{evidence}", context, self.scorer)
                 checked.unsupported = unsupported
         elif multi:
             # A question about several papers cites each paper of the context: quote the ones the model left out
             # or only cited for a restatement of the question (which is dropped).
-            answered = papers_answered(checked.text, checked.citations, standalone)
+            answered = papers_answered(checked.text, checked.citations, asked)
             missing = [p.n for p in context.papers if p.paper_id not in answered]
             if missing:
-                kept = " ".join(s for s in split_sentences(raw) if adds_to(s, standalone))
+                kept = " ".join(s for s in split_sentences(raw) if adds_to(s, asked))
                 raw = f"{kept}\n{grounded_fallback(context, multi, papers=missing)}"
                 unsupported = checked.unsupported
                 checked = check_answer(raw, context, self.scorer)
@@ -286,7 +239,7 @@ class Assistant:
         )
         yield StreamEvent(kind="done", answer=answer)
 
-    def _abstain_reason(self, question: str, passages: list[Passage]) -> str | None:
+    def _abstain_reason(self, question: QuestionAnalysis, passages: list[Passage]) -> str | None:
         if not passages:
             return "no passages (empty index?)"
         best = max(p.similarity for p in passages)

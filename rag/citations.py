@@ -16,25 +16,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from rag.context import Context, PaperContext, SentenceScorer, question_names, terms
-from rag.sentences import split_sentences
+from rag.config import TuningSettings
+from rag.context import Context, PaperContext
 from rag.prompts import NOT_IN_CORPUS
+from rag.question import QuestionAnalysis
+from rag.scoring import SentenceScorer
+from rag.sentences import split_sentences
+from rag.text import MARKER, marker_numbers, names_in, numbers_in, strip_markers, terms
 from rag.types import Citation
 
 logger = logging.getLogger(__name__)
 
-CITE_THRESHOLD = 0.5  # support a cited passage must give a sentence for its marker to stay
-ATTACH_THRESHOLD = 0.6  # support a passage must give an unmarked sentence to be cited for it
-MIN_QUOTE_CHARS = 30  # a claim equal to a paper sentence at least this long is a verbatim quote
-RELEVANT_SENTENCES = 2  # a number in a claim must occur in one of the paper's this-many most question-relevant sentences
-MIN_CLAIM_TERMS = 2  # shorter "sentences" are fragments, dropped
-COSINE_WEIGHT = 0.5  # support = COSINE_WEIGHT * cosine + (1 - COSINE_WEIGHT) * term overlap
-
-_MARKER = re.compile(
-    r"\s*\[\s*(?:passages?|sources?|refs?\.?|id\s*=?)?\s*(\d+(?:\s*(?:,|;|and|&|-|–)\s*\d+)*)\s*\]", re.IGNORECASE
-)
 _PASSAGE_TAG = re.compile(r"</?\s*passages?\b[^>]*>", re.IGNORECASE)
-_NUMBER = re.compile(r"(?<![A-Za-z0-9\-.])\d[\d,.]*\d|(?<![A-Za-z0-9\-.])\d")
 _LIST_LABEL = re.compile(r"(?:(?<=\s)|^)\(?\d\.?\)(?=\s)")
 _ABSTAIN = re.compile(r"(does not|doesn't|do not) contain (an|the) answer", re.IGNORECASE)
 
@@ -54,47 +47,22 @@ class CheckedAnswer:
     model_abstained: bool = False
 
 
-def marker_numbers(group: str) -> list[int]:
-    """'1, 2' -> [1, 2]; '1-3' -> [1, 2, 3]."""
-    numbers: list[int] = []
-    for part in re.split(r"\s*(?:,|;|and|&)\s*", group):
-        bounds = re.split(r"\s*[-–]\s*", part.strip())
-        if len(bounds) == 2 and bounds[0].isdigit() and bounds[1].isdigit() and 0 <= int(bounds[1]) - int(bounds[0]) <= 10:
-            numbers.extend(range(int(bounds[0]), int(bounds[1]) + 1))
-        elif bounds[0].isdigit():
-            numbers.append(int(bounds[0]))
-    return list(dict.fromkeys(numbers))
-
-
-def cited_numbers(sentence: str) -> list[int]:
-    """The passage numbers a sentence's [n] markers cite, in order."""
-    return list(dict.fromkeys(n for m in _MARKER.finditer(sentence) for n in marker_numbers(m.group(1))))
-
-
-def strip_markers(text: str) -> str:
-    return " ".join(_MARKER.sub("", text).split())
-
-
-def numbers_in(text: str) -> set[str]:
-    """The numbers written in a text, normalised ("35,030" -> "35030", "3." -> "3")."""
-    return {n.replace(",", "").rstrip(".") for n in _NUMBER.findall(text)}
-
-
 class SupportChecker:
     """Scores how well a paper's sentences support a claim; caches nothing but what the scorer caches."""
 
-    def __init__(self, scorer: SentenceScorer, question: str):
+    def __init__(self, scorer: SentenceScorer, question: QuestionAnalysis, tuning: TuningSettings):
         self.scorer = scorer
-        self.question = question
-        self.question_terms = terms(question)
-        self.question_numbers = numbers_in(question)
+        self.question = question.text
+        self.question_terms = question.terms
+        self.question_numbers = question.numbers
+        self.tuning = tuning
 
     def support(self, claim: str, paper: PaperContext) -> Support:
         sentences = paper.sentences
         if not sentences or not claim.strip():
             return Support(0.0, 0.0, "")
         paper_text = " ".join(sentences)
-        quoted = _quoted_sentence(claim, sentences)
+        quoted = _quoted_sentence(claim, sentences, self.tuning.min_quote_chars)
         if quoted is not None:  # a verbatim quote (the grounded fallback's) supports itself, whatever its figures
             cosine = float(self.scorer.similarity([claim], [sentences[quoted]])[0][0])
             return Support(1.0, cosine, sentences[quoted])
@@ -102,12 +70,12 @@ class SupportChecker:
         if claim_numbers:
             # Numbers must come from the sentences that answer the question, not from elsewhere in the abstract:
             # a small model readily copies the wrong figure of the right paper.
-            relevant = sorted(range(len(sentences)), key=lambda i: -paper.scores[i])[:RELEVANT_SENTENCES]
+            relevant = sorted(range(len(sentences)), key=lambda i: -paper.scores[i])[: self.tuning.relevant_sentences]
             evidence = " ".join([paper.title or "", *(sentences[i] for i in relevant)])
             if claim_numbers - numbers_in(_LIST_LABEL.sub(" ", evidence)):  # "1.)" or "(2)" labels a list: no figure
                 return Support(0.0, 0.0, "")
         known = f"{paper.title or ''} {paper_text} {self.question}".lower()
-        if any(name.lower() not in known for name in question_names(claim)):
+        if any(name.lower() not in known for name in names_in(claim)):
             return Support(0.0, 0.0, "")  # a name (NV-Embed, GPT-4...) the paper never mentions: invented
         claim_terms = terms(claim)
         paper_terms = terms(f"{paper.title or ''} {paper_text}")
@@ -119,7 +87,8 @@ class SupportChecker:
         for sentence, cosine in zip(sentences, cosines):
             sentence_terms = terms(sentence)
             lexical = len(claim_terms & sentence_terms) / len(claim_terms) if claim_terms else 0.0
-            score = COSINE_WEIGHT * float(cosine) + (1 - COSINE_WEIGHT) * lexical
+            weight = self.tuning.cosine_weight
+            score = weight * float(cosine) + (1 - weight) * lexical
             if score > best.score:
                 best = Support(score, float(cosine), sentence)
         # Claims often join facts from neighbouring sentences: credit the paper's overall term coverage a little.
@@ -132,12 +101,12 @@ def _normalised(text: str) -> str:
     return " ".join(strip_markers(text).lower().split()).rstrip(".!?:; ")
 
 
-def _quoted_sentence(claim: str, sentences: Sequence[str]) -> int | None:
+def _quoted_sentence(claim: str, sentences: Sequence[str], min_quote_chars: int) -> int | None:
     """The index of the paper sentence the claim quotes whole (possibly after a title), if it does."""
     said = _normalised(claim)
     for i, sentence in enumerate(sentences):
         quote = _normalised(sentence)
-        if len(quote) >= MIN_QUOTE_CHARS and (said == quote or said.endswith(": " + quote)):
+        if len(quote) >= min_quote_chars and (said == quote or said.endswith(": " + quote)):
             return i
     return None
 
@@ -146,7 +115,7 @@ def _segments(sentence: str) -> list[tuple[str, list[int], tuple[int, int]]]:
     """(text before the marker since the previous one, numbers, marker span) for each marker of a sentence."""
     out = []
     previous = 0
-    for match in _MARKER.finditer(sentence):
+    for match in MARKER.finditer(sentence):
         out.append((sentence[previous : match.start()], marker_numbers(match.group(1)), match.span()))
         previous = match.end()
     return out
@@ -154,7 +123,8 @@ def _segments(sentence: str) -> list[tuple[str, list[int], tuple[int, int]]]:
 
 def check_answer(raw: str, context: Context, scorer: SentenceScorer) -> CheckedAnswer:
     """Check every sentence of a generated answer against the context papers; see the module docstring."""
-    checker = SupportChecker(scorer, context.question)
+    tuning = context.tuning
+    checker = SupportChecker(scorer, context.analysis, tuning)
     papers = {p.n: p for p in context.papers}
     text = _PASSAGE_TAG.sub(" ", raw)
     model_abstained = bool(_ABSTAIN.search(text)) or NOT_IN_CORPUS.lower() in text.lower()
@@ -167,7 +137,7 @@ def check_answer(raw: str, context: Context, scorer: SentenceScorer) -> CheckedA
 
     for sentence in split_sentences(text):
         claim = strip_markers(sentence)
-        if len(terms(claim)) < MIN_CLAIM_TERMS or _ABSTAIN.search(claim):
+        if len(terms(claim)) < tuning.min_claim_terms or _ABSTAIN.search(claim):
             continue  # a fragment ("2 [1].", "EmotionPrompt:") or the model's own abstention: not a claim
         key = claim.lower()
         if key in seen_claims:
@@ -183,14 +153,14 @@ def check_answer(raw: str, context: Context, scorer: SentenceScorer) -> CheckedA
                     logger.debug("removed invented marker [%d]", n)
                     continue
                 seg_support = checker.support(segment, papers[n]) if len(terms(segment)) >= 3 else supports[n]
-                if max(seg_support.score, supports[n].score) >= CITE_THRESHOLD:
+                if max(seg_support.score, supports[n].score) >= tuning.cite_threshold:
                     keep.append(n)
             valid[span] = keep
         cited = [n for numbers in valid.values() for n in numbers]
         attached: list[int] = []
         if not cited:
             best_n = max(supports, key=lambda n: supports[n].score, default=None)
-            if best_n is not None and supports[best_n].score >= ATTACH_THRESHOLD:
+            if best_n is not None and supports[best_n].score >= tuning.attach_threshold:
                 attached = [best_n]
         if not cited and not attached:
             unsupported.append(claim)

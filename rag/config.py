@@ -168,6 +168,52 @@ class AnswerSettings(BaseModel):
     )
 
 
+class TuningSettings(BaseModel):
+    """The answering core's weights and thresholds (sentence scoring, paper selection, citation checking).
+
+    Set by hand on the dev and blind question sets; change one only with `make eval` before and after."""
+
+    lexical_weight: float = Field(
+        default=0.35, ge=0, le=5, description="Weight of question-term overlap next to cosine similarity in sentence scores."
+    )
+    paper_margin: float = Field(
+        default=0.12, ge=0, le=2,
+        description="A paper after the first joins the context if its best sentence scores within this of the top.",
+    )
+    multi_paper_margin: float = Field(
+        default=0.05, ge=0, le=2,
+        description="A third paper joins a multi-paper question's two best if it scores within this of the second.",
+    )
+    passage_overhead: int = Field(
+        default=24, ge=0, le=1000, description="Estimated tokens of a passage block's tags and title line."
+    )
+    min_answer_tokens: int = Field(
+        default=48, ge=1, le=10_000, description="max_tokens is never shrunk below this to make room for passages."
+    )
+    cite_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Support a cited passage must give a sentence for its marker to stay."
+    )
+    attach_threshold: float = Field(
+        default=0.6, ge=0, le=1, description="Support a passage must give an unmarked sentence to be cited for it."
+    )
+    min_quote_chars: int = Field(
+        default=30, ge=1, le=10_000, description="A claim equal to a paper sentence at least this long is a verbatim quote."
+    )
+    relevant_sentences: int = Field(
+        default=2, ge=1, le=100,
+        description="A number in a claim must occur in one of the paper's this-many most question-relevant sentences.",
+    )
+    min_claim_terms: int = Field(
+        default=2, ge=0, le=100, description="Answer sentences with fewer content terms are fragments, dropped."
+    )
+    cosine_weight: float = Field(
+        default=0.5, ge=0, le=1, description="Support = cosine_weight * cosine + (1 - cosine_weight) * term overlap."
+    )
+    fallback_sentences: int = Field(
+        default=2, ge=1, le=20, description="Sentences quoted per paper by the extractive (grounded) answer."
+    )
+
+
 class UISettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Interface the web app listens on; loopback by default.")
     port: int = Field(default=7860, ge=1, le=65535, description="Port of the web app.")
@@ -198,6 +244,7 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default=PROJECT_ROOT / "models", description="Folder searched for GGUF files by name.")
     prompts_dir: Path = Field(default=PROJECT_ROOT / "prompts", description="Folder of prompt templates.")
     store: StoreSettings = Field(default_factory=StoreSettings)
+    tuning: TuningSettings = Field(default_factory=TuningSettings)
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)

@@ -12,38 +12,41 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from rag.citations import cited_numbers, numbers_in, strip_markers
-from rag.context import Context, question_names, terms
+from rag.context import Context
+from rag.question import QuestionAnalysis, as_analysis
 from rag.sentences import split_sentences
+from rag.text import cited_numbers, figures, mentions_any, names_in, numbers_in, strip_markers, terms
 from rag.types import Citation
-
-FALLBACK_SENTENCES = 2  # sentences quoted per paper by the grounded fallback
+from rag.words import alternation, words
 
 _CAPITALISED = re.compile(r"(?:(?<=[\s(\"'])|^)([A-Z][A-Za-z0-9\-]+)")
 
 
-def new_facts(text: str, question: str) -> set[str]:
+def new_facts(text: str, question: QuestionAnalysis | str) -> set[str]:
     """Numbers and names in the text that the question does not already contain: what an answer adds.
 
     A sentence that only restates the question ("The method that updates ... is a method [1].") adds none."""
-    asked = question.lower()
+    question = as_analysis(question)
+    asked = question.lower
+    common = words().common_capitalised
     text = strip_markers(text)
-    found = {n for n in numbers_in(text) if n not in numbers_in(question)}
-    candidates = {name for name in question_names(text) if any(c.isalpha() for c in name)}
+    found = {n for n in numbers_in(text) if n not in question.numbers}
+    candidates = {name for name in names_in(text) if any(c.isalpha() for c in name)}
     for sentence in split_sentences(text):  # capitalised words, except each sentence's first
         candidates |= set(_CAPITALISED.findall(sentence.split(" ", 1)[1] if " " in sentence else ""))
-    found |= {c for c in candidates if c.lower() not in asked and c.lower() not in _COMMON}
+    found |= {c for c in candidates if c.lower() not in asked and c.lower() not in common}
     return found
 
 
-def adds_to(sentence: str, question: str) -> bool:
+def adds_to(sentence: str, question: QuestionAnalysis | str) -> bool:
     """Whether a sentence adds a name or a number to the question; a lone digit does not count ("The papers
     that do X are: 1 [1]." restates the question and labels a list)."""
     return any(not (fact.isdigit() and len(fact) == 1) for fact in new_facts(sentence, question))
 
 
-def papers_answered(text: str, citations: Sequence[Citation], question: str) -> set[str]:
+def papers_answered(text: str, citations: Sequence[Citation], question: QuestionAnalysis | str) -> set[str]:
     """The papers cited by at least one sentence of a checked answer that adds to the question."""
+    question = as_analysis(question)
     paper_of = {c.n: c.paper_id for c in citations}
     return {
         paper_of[n]
@@ -55,28 +58,8 @@ def papers_answered(text: str, citations: Sequence[Citation], question: str) -> 
 
 
 _INTRODUCES = re.compile(
-    r"\b(?:we|this (?:\w+\s+)?(?:paper|work|study|article|report))\s+(?:\w+\s+)?(?:propose|introduce|present|build|"
-    r"construct|release|develop|create|curate|design)\w*"
-    r"|\b(?:called|named|dubbed|termed|presented as|referred to as|known as)\b",
-    re.IGNORECASE,
-)
-_NAMED_THING = re.compile(
-    r"\b(?:what|which|name (?:the|a|an|one)|tell me (?:the|a|an))\b(?:\s+[\w\-]+){0,6}?\s+(?P<kind>method|framework|approach|dataset|benchmark|model|algorithm|"
-    r"technique|objective|system|collection|corpus|architecture)s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
-    re.IGNORECASE,
-)
-# Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone ...?",
-# "Can X be done ...?" (about a corpus of papers: is there a paper that does it), also after a leading phrase
-# ("Instead of A, can B ...?").
-_ASKS_FOR_WORK = re.compile(
-    r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|how might|"
-    r"is it possible|can|could)\b|\bwhat(?: is|'s| was| are| were)\b[^?]{0,60}?\b(?:called|named)\b",
-    re.IGNORECASE,
-)
-_ASKS_FOR_A_FIGURE = re.compile(
-    r"\bhow (?:many|much|large|big|small|fast|long|high|low|often|far)\b|\bwhat (?:\w+ ){0,3}?(?:percentage|share|"
-    r"fraction|proportion|number|size|accuracy|score|rate|speed-?up|ratio|overlap|improvement|gain|range|margin)s?\b"
-    r"|\b(?:average|mean|overall|final|top-?\d+)\s+(?:accuracy|score|f1|rate|error)\b|\bnumber of\b",
+    r"\b(?:we|this (?:\w+\s+)?(?:paper|work|study|article|report))\s+(?:\w+\s+)?"
+    rf"(?:{alternation(words().introducing_verbs)})\w*|\b(?:{alternation(words().naming_phrases)})\b",
     re.IGNORECASE,
 )
 # A coined name: an acronym in brackets "(DMoERM)", or a word with inner capitals or digits ("Graph200K", "LI-DiT"),
@@ -84,35 +67,6 @@ _ASKS_FOR_A_FIGURE = re.compile(
 _COINED = re.compile(r"\(([A-Z][A-Za-z0-9\-]*[A-Z0-9][A-Za-z0-9\-]*)\)|\b([A-Za-z]+[A-Z0-9][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*)\b")
 # A name put in quotes as it is introduced: presented as "Sahaay", called ‘X-Net’.
 _QUOTED_NAME = re.compile(r"[\"“‘`']([A-Z][\w\-]*(?: [A-Z][\w\-]*){0,3})[,.]?[\"”’']")
-
-
-def _figures(text: str) -> set[str]:
-    """The numbers of a text that can answer "how many / how large": percentages, ratios, decimals and whole
-    numbers from 10 up, but not years, nor bare single digits (mostly list labels such as "1.)")."""
-    found = set()
-    for number in numbers_in(text):
-        digits = number.rstrip("%xX")
-        if number != digits or "." in digits:
-            found.add(number)
-        elif digits.isdigit() and int(digits) >= 10 and not 1900 <= int(digits) <= 2100:
-            found.add(number)
-    return found
-
-
-def asks_for_a_work(question: str) -> bool:
-    """Whether the question asks which method, dataset or piece of work (so the answer should name it)."""
-    return bool(_NAMED_THING.search(question) or _ASKS_FOR_WORK.search(question.strip()))
-
-
-def asks_for_a_figure(question: str) -> bool:
-    """Whether the question asks for a number ("how many", "what accuracy", "what range of sizes")."""
-    return bool(_ASKS_FOR_A_FIGURE.search(question))
-
-
-def asked_kind(question: str) -> str | None:
-    """The kind of thing a 'what/which ... X' question asks for ('dataset', 'benchmark', 'method'...), if any."""
-    match = _NAMED_THING.search(question)
-    return match.group("kind").lower() if match and match.group("kind") else None
 
 
 def _mentions_kind(sentence: str, kind: str | None) -> bool:
@@ -138,15 +92,8 @@ def _names_contribution(sentence: str, title: str | None, kind: str | None = Non
     return _naming_strength(sentence, title) > 0
 
 
-def _mentions_any(sentence: str, names: Sequence[str]) -> bool:
-    return any(re.search(rf"(?<![\w\-]){re.escape(name)}(?![\w\-])", sentence, re.IGNORECASE) for name in names)
-
-
-_COMMON = frozenset("the this these those our we in on for to a an it its their they however our as while by with".split())
-
-
 def grounded_fallback(
-    context: Context, multi: bool, papers: Sequence[int] | None = None, sentences: int = FALLBACK_SENTENCES
+    context: Context, multi: bool, papers: Sequence[int] | None = None, sentences: int | None = None
 ) -> str:
     """An extractive answer, used when the model's answer has no supported sentence that adds anything (and, for a
     multi-paper question, for each paper the model left out). Per paper: its most relevant sentences in their
@@ -154,14 +101,16 @@ def grounded_fallback(
     after a figure also gets the best sentence that gives one about something asked; a question after a method,
     dataset or work gets the sentence where the paper names its contribution. The title leads when the paper
     has one and the quote alone names nothing new, when a work is asked for, or when several papers are listed."""
+    question = context.analysis
+    sentences = sentences or context.tuning.fallback_sentences
     chosen_papers = [p for p in context.papers if papers is None or p.n in papers]
     if papers is None and not multi:
         chosen_papers = chosen_papers[:1]
-    asks_for_a_name = multi or asks_for_a_work(context.question)
-    kind = asked_kind(context.question)
-    figure_asked = asks_for_a_figure(context.question)
-    question_numbers = numbers_in(context.question)
-    anchors = question_names(context.question)
+    asks_for_a_name = multi or question.wants_work
+    kind = question.kind
+    figure_asked = question.wants_figure
+    question_numbers = question.numbers
+    anchors = question.names
     parts = []
     for paper in chosen_papers:
         if not paper.sentences:
@@ -169,15 +118,15 @@ def grounded_fallback(
         ranked = sorted(range(len(paper.sentences)), key=lambda i: -paper.scores[i])
         chosen = ranked[:sentences]
         top = paper.scores[ranked[0]]
-        if not any(new_facts(paper.sentences[i], context.question) for i in chosen):
-            bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], context.question)]
+        if not any(new_facts(paper.sentences[i], question) for i in chosen):
+            bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], question)]
             chosen = chosen[:1] + bearing[:1] if bearing else chosen
-        if figure_asked and not any(_figures(paper.sentences[i]) - question_numbers for i in chosen):
+        if figure_asked and not any(figures(paper.sentences[i]) - question_numbers for i in chosen):
             # "How large / how many ...?": the most relevant sentence that gives a figure about something asked.
-            asked = terms(context.question)
-            figures = [i for i in ranked if i not in chosen and _figures(paper.sentences[i]) - question_numbers
+            asked = question.terms
+            giving = [i for i in ranked if i not in chosen and figures(paper.sentences[i]) - question_numbers
                        and asked & terms(paper.sentences[i])]
-            chosen = chosen + figures[:1]
+            chosen = chosen + giving[:1]
         if asks_for_a_name and not any(_names_contribution(paper.sentences[i], paper.title, kind) for i in chosen):
             # "What method/dataset ...?", "Is there work on ...?": quote the sentence where the paper names what it
             # contributes, preferring one that introduces the kind of thing asked for ("dataset") and then one that
@@ -191,15 +140,15 @@ def grounded_fallback(
             chosen = chosen + naming[:1]
         # "Which benchmark supplied the 119 tasks ...?": the sentence holding a name or number of the question that
         # is specific to it (in one or two of the paper's sentences, unlike "LLMs") is the one the question points at.
-        specific = [a for a in anchors if 1 <= sum(_mentions_any(x, [a]) for x in paper.sentences) <= 2]
-        if specific and not any(_mentions_any(paper.sentences[i], specific) for i in chosen):
-            anchored = [i for i in ranked if i not in chosen and _mentions_any(paper.sentences[i], specific)
-                        and new_facts(paper.sentences[i], context.question)]
+        specific = [a for a in anchors if 1 <= sum(mentions_any(x, [a]) for x in paper.sentences) <= 2]
+        if specific and not any(mentions_any(paper.sentences[i], specific) for i in chosen):
+            anchored = [i for i in ranked if i not in chosen and mentions_any(paper.sentences[i], specific)
+                        and new_facts(paper.sentences[i], question)]
             chosen = chosen + anchored[:1]
         text = " ".join(paper.sentences[i] for i in sorted(chosen))
         match = re.search(r"[.!?]+$", text)
         body, end = (text[: match.start()], match.group(0)) if match else (text, ".")
-        if paper.title and (asks_for_a_name or not new_facts(text, context.question)):
+        if paper.title and (asks_for_a_name or not new_facts(text, question)):
             parts.append(f"{paper.title} [{paper.n}]: {body}{end}")
         else:
             parts.append(f"{body} [{paper.n}]{end}")

@@ -15,8 +15,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from pathlib import Path
+
+from rag.text import stemmer
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +32,6 @@ def _bm25s():
     # bm25s sets its logger to DEBUG when imported; let it inherit the level the entry point configured.
     logging.getLogger("bm25s").setLevel(logging.NOTSET)
     return bm25s
-
-
-@lru_cache(maxsize=1)
-def stemmer():  # noqa: ANN201 - PyStemmer has no type hints
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
 
 
 def index_text(title: str | None, text: str) -> str:

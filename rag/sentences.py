@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import re
 
-_ABBREVIATIONS = {
-    "e.g", "i.e", "et al", "al", "vs", "fig", "figs", "eq", "eqs", "cf", "resp", "approx",
-    "sec", "ref", "refs", "dr", "mr", "ms", "prof", "st", "jr", "inc", "ltd", "co", "etc.,", "ca",
-}
-_NUMBER_ABBREVIATIONS = {"no", "nos"}  # "No. 5" continues; "The answer is no. The paper ..." ends a sentence
+from rag.words import words
+
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _LEADING_MARKERS = re.compile(r"^(?:\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\])+(?:\s*[.!?](?=\s|$))?")
 
@@ -21,14 +18,16 @@ def split_sentences(text: str) -> list[str]:
     text = " ".join(text.split())
     if not text:
         return []
+    abbreviations = words().abbreviations  # "e.g.", "et al.", "Fig." do not end a sentence
+    number_abbreviations = words().number_abbreviations  # "No. 5" continues; "... is no. The paper" ends one
     sentences: list[str] = []
     start = 0
     for match in _BOUNDARY.finditer(text):
         before = text[start : match.start()].rstrip("\"')]")
         last_word = before.rsplit(" ", 1)[-1].rstrip(".!?").lower()
-        if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
+        if last_word in abbreviations or (len(last_word) == 1 and last_word.isalpha()):
             continue
-        if last_word in _NUMBER_ABBREVIATIONS and text[match.end() : match.end() + 1].isdigit():
+        if last_word in number_abbreviations and text[match.end() : match.end() + 1].isdigit():
             continue
         sentences.append(text[start : match.start()].strip())
         start = match.end()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from checks import assert_citations_verbatim
-from rag.answer import NOT_IN_CORPUS, Assistant, standalone_question
+from rag.answer import NOT_IN_CORPUS, Assistant
+from rag.question import standalone_question
 from rag.config import PROJECT_ROOT, AnswerSettings, LLMSettings, Settings
 from rag.errors import QuestionError
 from rag.llm import GenerationEvent, GenerationStats
@@ -224,7 +225,7 @@ def test_repeated_filler_words_do_not_change_the_paper_that_answers(ingested_set
 
 
 def test_warm_up_embeds_the_corpus_sentences_once_and_keeps_them(tmp_path, embedder):
-    from rag.context import split_sentences
+    from rag.sentences import split_sentences
     from rag.ingest import ingest
     from rag.retrieval import Retriever
 

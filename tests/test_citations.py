@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rag.citations import check_answer, marker_numbers, strip_markers
-from rag.context import Context, PaperContext, SentenceScorer, score_sentences
+from rag.citations import check_answer
+from rag.context import Context, PaperContext
+from rag.scoring import SentenceScorer, score_sentences
+from rag.text import marker_numbers, strip_markers
 from rag.extractive import grounded_fallback, new_facts
 from rag.sentences import split_sentences
 from rag.prompts import NOT_IN_CORPUS
@@ -174,7 +176,13 @@ def test_a_question_after_a_figure_gets_a_close_sentence_that_gives_one(scorer):
 
 
 def test_what_counts_as_asking_for_a_work():
-    from rag.extractive import asks_for_a_figure, asks_for_a_work
+    from rag.question import analyse
+
+    def asks_for_a_work(question: str) -> bool:
+        return analyse(question).wants_work
+
+    def asks_for_a_figure(question: str) -> bool:
+        return analyse(question).wants_figure
 
     assert asks_for_a_work("Which papers initialize a target-task prompt from several source prompts?")
     assert asks_for_a_work("Is there work on standardizing job titles from the skills listed in an ad?")
@@ -207,7 +215,7 @@ def test_a_list_label_is_no_figure_and_a_verbatim_quote_supports_itself(scorer):
 
 
 def test_a_question_after_a_dataset_gets_the_sentence_that_introduces_the_dataset(scorer):
-    from rag.extractive import asked_kind
+    from rag.question import asked_kind
 
     abstract = (
         "Universal image generation remains hard because tasks are sparse and weakly related. "

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 
 from rag.config import AnswerSettings, LLMSettings, PROJECT_ROOT, Settings
-from rag.context import (
-    SentenceScorer,
-    asked_slot,
-    build_context,
-    question_names,
-    split_sentences,
-    terms,
-    unanswerable_reason,
-)
+from rag.answerability import unanswerable_reason
+from rag.context import build_context
+from rag.question import asked_slot
+from rag.scoring import SentenceScorer
+from rag.sentences import split_sentences
+from rag.text import names_in as question_names
+from rag.text import terms
 from rag.errors import QuestionError
 from rag.prompts import Prompts
 from rag.types import Passage

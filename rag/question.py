@@ -1,0 +1,216 @@
+"""One analysis of a question, made once per request and passed to every later stage.
+
+`analyse(question, history)` makes a follow-up standalone ("and which dataset did they use?" names what the earlier
+questions were about) and reads from the standalone question what the rest of the pipeline needs: its terms,
+names and numbers, the wh-word and the asked-for phrase, and whether it wants a figure, a named piece of work, or
+a list of papers. Deterministic and cheap (regexes and the word lists of rag/words.toml; no model).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from rag.text import NAME, names_in, numbers_in, terms
+from rag.types import ChatTurn
+from rag.words import alternation, words
+
+
+@dataclass(frozen=True)
+class QuestionAnalysis:
+    asked: str  # as the user wrote it
+    text: str  # standalone: a follow-up names what the earlier questions were about
+    followup: bool
+    terms: frozenset[str]
+    names: tuple[str, ...]  # NV-Embed, Qwen2.5, GPT-4: a digit or an inner capital
+    capitalised: tuple[str, ...]  # capitalised words after the first (Dolma, Flacuna)
+    numbers: frozenset[str]
+    wh: str  # "what", "which", "how many", "how much" or ""
+    phrases: tuple[tuple[str, ...], ...]  # the asked-for noun phrase(s), split at "and"
+    counted: tuple[str, ...]  # for "how many": the words of the counted thing
+    multi: bool  # asks after several papers ("Which papers ...")
+    wants_figure: bool  # "how many", "what accuracy"
+    wants_work: bool  # "which method", "is there work on"
+    kind: str | None  # the kind of thing asked for ("dataset", "benchmark"...)
+
+    @property
+    def lower(self) -> str:
+        return self.text.lower()
+
+
+def as_analysis(question: QuestionAnalysis | str) -> QuestionAnalysis:
+    """The analysis itself, or that of a standalone question given as text (tests and library callers)."""
+    return question if isinstance(question, QuestionAnalysis) else analyse(question)
+
+
+def analyse(question: str, history: Sequence[ChatTurn] = ()) -> QuestionAnalysis:
+    text = standalone_question(question, history)
+    wh, phrases = asked_slot(text)
+    return QuestionAnalysis(
+        asked=question,
+        text=text,
+        followup=text != question.strip(),
+        terms=frozenset(terms(text)),
+        names=tuple(names_in(text)),
+        capitalised=tuple(w for w in NAME.findall(text)[1:] if w[0].isupper()),
+        numbers=frozenset(numbers_in(text)),
+        wh=wh,
+        phrases=tuple(tuple(p) for p in phrases),
+        counted=tuple(counted_words(text)),
+        multi=bool(_patterns().multi.search(text)),
+        wants_figure=bool(_patterns().figure.search(text)),
+        wants_work=bool(_patterns().named_thing.search(text) or _patterns().asks_for_work.search(text.strip())),
+        kind=asked_kind(text),
+    )
+
+
+# ------------------------------------------------------------------------------------------ patterns
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    multi: re.Pattern[str]
+    named_thing: re.Pattern[str]
+    asks_for_work: re.Pattern[str]
+    figure: re.Pattern[str]
+    followup_start: re.Pattern[str]
+    referring: re.Pattern[str]
+
+
+@lru_cache(maxsize=1)
+def _patterns() -> _Patterns:
+    w = words()
+    return _Patterns(
+        multi=re.compile(rf"\b({alternation(w.multi_paper_nouns)})\b", re.IGNORECASE),
+        named_thing=re.compile(
+            r"\b(?:what|which|name (?:the|a|an|one)|tell me (?:the|a|an))\b(?:\s+[\w\-]+){0,6}?\s+"
+            rf"(?P<kind>{alternation(w.asked_kinds)})s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
+            re.IGNORECASE,
+        ),
+        # Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone
+        # ...?", "Can X be done ...?" (about a corpus of papers: is there a paper that does it), also after a leading
+        # phrase ("Instead of A, can B ...?").
+        asks_for_work=re.compile(
+            r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|"
+            r"how might|is it possible|can|could)\b|\bwhat(?: is|'s| was| are| were)\b[^?]{0,60}?\b(?:called|named)\b",
+            re.IGNORECASE,
+        ),
+        figure=re.compile(
+            rf"\bhow (?:{alternation(w.figure_adjectives)})\b|\bwhat (?:\w+ ){{0,3}}?(?:{alternation(w.figure_nouns)})s?\b"
+            r"|\b(?:average|mean|overall|final|top-?\d+)\s+(?:accuracy|score|f1|rate|error)\b|\bnumber of\b",
+            re.IGNORECASE,
+        ),
+        followup_start=re.compile(rf"^\s*({alternation(w.followup_openers)})\b", re.IGNORECASE),
+        referring=re.compile(
+            rf"\b({alternation(w.referring_words)}|the ({alternation(w.referring_nouns)}))\b", re.IGNORECASE
+        ),
+    )
+
+
+def asked_kind(question: str) -> str | None:
+    """The kind of thing a 'what/which ... X' question asks for ('dataset', 'benchmark', 'method'...), if any."""
+    match = _patterns().named_thing.search(question)
+    return match.group("kind").lower() if match and match.group("kind") else None
+
+
+# ------------------------------------------------------------------------------------- asked-for phrase
+
+_WH = re.compile(r"\b(how many|how much|what|which)\b\s+(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def asked_slot(question: str) -> tuple[str, list[list[str]]]:
+    """The wh-word and the asked-for noun phrase(s), split at 'and': 'What learning rate and batch size ...'
+    -> ('what', [['learning', 'rate'], ['batch', 'size']]). Type words (method, dataset...) end the phrase and
+    answer-form words (percentage, factor...) are dropped: they say how an answer looks, not what it is about."""
+    w = words()
+    match = _WH.search(question.lower())
+    if not match:
+        return "", []
+    wh = match.group(1)
+    tokens = [re.sub(r"'s$", "", t).strip(".'") for t in re.findall(r"[a-z0-9][a-z0-9\-.%']*", match.group(2))]
+    phrases: list[list[str]] = [[]]
+    if wh == "how much" and tokens and tokens[0] in w.auxiliaries:  # "How much did it cost ..." -> the verb phrase
+        for t in tokens[1:]:
+            if t in w.prepositions:
+                break
+            phrases[-1].append(t)
+    else:
+        if tokens and tokens[0] in {"is", "are", "was", "were"}:
+            tokens = tokens[1:]
+        if tokens and tokens[0] in {"the", "a", "an"}:
+            tokens = tokens[1:]
+        for t in tokens:
+            if t in w.type_words:
+                if wh == "how many":  # "How many papers ...": the type word is what is counted
+                    phrases[-1].append(t)
+                    break
+                # "Which in-house model ...": the words before a type word only qualify the kind of thing asked
+                # for, and a paper may qualify it in its own words ("our proprietary model").
+                return wh, []
+            if t in w.auxiliaries or t in w.prepositions or (phrases[-1] and t in w.phrase_verbs):
+                break
+            if phrases[-1] and t.endswith("ed") and "-" not in t:  # a past-tense verb ends the noun phrase
+                break
+            if t == "and":
+                phrases.append([])
+                continue
+            phrases[-1].append(t)
+            if sum(len(p) for p in phrases) >= 5:
+                break
+    cleaned = [[t for t in p if t not in w.form_words and terms(t)] for p in phrases]
+    return wh, [p for p in cleaned if p]
+
+
+def counted_words(question: str) -> list[str]:
+    """For 'how many': the content words between 'how many' and the first verb, prepositions included in the span."""
+    w = words()
+    match = re.search(r"\bhow many\b\s+(.*)", question.lower(), re.DOTALL)
+    found: list[str] = []
+    for t in re.findall(r"[a-z0-9][a-z0-9\-.%']*", match.group(1) if match else ""):
+        t = t.strip(".'")
+        if t in w.auxiliaries or t in w.phrase_verbs or len(found) >= 8:
+            break
+        if t not in w.prepositions and t not in w.form_words and terms(t):
+            found.append(t)
+    return found
+
+
+# ------------------------------------------------------------------------------------------ follow-ups
+
+_CAPITALISED_RUN = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][\w\-.]*(?:\s+[A-Z0-9][\w\-.]*)*)")
+
+
+def _subject(question: str) -> str:
+    """What a question is about: its names and capitalised phrases ('Generative Context Distillation (GCD)')."""
+    phrases = [m.group(1) for m in _CAPITALISED_RUN.finditer(question.strip())]
+    phrases = [p for p in phrases if p.split()[0].lower() not in words().question_openers or len(p.split()) > 1]
+    names = [n for n in names_in(question) if not any(n in p for p in phrases)]
+    return ", ".join(dict.fromkeys([*phrases, *names]))
+
+
+def standalone_question(question: str, history: Sequence[ChatTurn]) -> str:
+    """Make a follow-up ('and which dataset did they use?') answerable on its own by naming what the earlier
+    questions were about. Deterministic and cheap: a small model is too weak to rewrite reliably."""
+    question = question.strip()
+    previous = [t.content.strip() for t in history if t.role == "user" and t.content.strip()]
+    if not previous:
+        return question
+    patterns = _patterns()
+    followup = bool(patterns.followup_start.match(question)) or (
+        not names_in(question) and (bool(patterns.referring.search(question)) or len(question.split()) <= 4)
+    )
+    if not followup:
+        return question
+    subject = ""
+    for earlier in reversed(previous):
+        subject = _subject(earlier)
+        if subject:
+            break
+    if not subject:
+        subject = previous[-1].rstrip("?.! ")
+    body = patterns.followup_start.sub("", question).strip(" ,") or question
+    body = body[0].upper() + body[1:]
+    mark = "?" if body.endswith("?") else ""
+    return f"{body.rstrip('?.! ')} (about {subject}){mark or '?'}"
