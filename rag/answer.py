@@ -22,9 +22,10 @@ from rag.context import build_context, ensure_question_fits
 from rag.errors import ModelError, QuestionError
 from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
 from rag.inputs import InvalidText, clean_text, passages_k, question_text
+from rag.listing import NamedFilter, list_answer, qualifying_papers
 from rag.llm import ChatModel, chat_model
 from rag.prompts import NOT_IN_CORPUS, Prompts
-from rag.question import QuestionAnalysis, analyse
+from rag.question import QuestionAnalysis, analyse, capitalised_head
 from rag.scoring import SentenceScorer
 from rag.sentences import split_sentences
 from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
@@ -170,14 +171,25 @@ class Assistant:
         standalone = asked.text
         yield StreamEvent(kind="query", text=standalone)
 
-        passages = self.retriever.search(standalone, k=k or cfg.retrieval.k, max_chars=cfg.answer.max_question_chars)
+        k = k or cfg.retrieval.k
+        named: NamedFilter | None = None
+        if cfg.answer.list_answers and asked.wants_list:  # "Which papers ...": k is a floor for a list, not a cap
+            wide = self.retriever.search(standalone, k=max(k, cfg.answer.list_candidates), max_chars=cfg.answer.max_question_chars)
+            passages, named = self._list_candidates(asked, wide)
+        listing = named is not None
+        if not listing:
+            passages = self.retriever.search(standalone, k=k, max_chars=cfg.answer.max_question_chars)
         timings = Timings(retrieve_s=round(time.perf_counter() - started, 4))
         yield StreamEvent(kind="passages", passages=passages)
 
         base = dict(
-            question=question, standalone_question=standalone, passages=passages, model=self.model_info(),
+            question=question, standalone_question=standalone, passages=passages,
+            model=None if listing else self.model_info(),  # a list answer is quoted, not generated
             index=self.retriever.fingerprint(), prompt_version=self.prompts.version,
         )
+        if named is not None:
+            yield from self._list(asked, passages, named, base, timings, started)
+            return
         ensure_question_fits(standalone, self.llm, self.prompts, cfg.tuning)
         reason = self._abstain_reason(asked, passages)
         if reason:
@@ -237,6 +249,48 @@ class Assistant:
             timings=timings,
             **base,
         )
+        yield StreamEvent(kind="done", answer=answer)
+
+    def _list_candidates(
+        self, asked: QuestionAnalysis, passages: list[Passage]
+    ) -> tuple[list[Passage], NamedFilter | None]:
+        """The candidates of a list question: the search's, plus every paper that mentions a name of the question (or
+        an acronym's expansion, or a capitalised word) which only some papers mention: at least one and at most
+        list_max_papers (a name more papers mention sets none apart). Returns them and the papers that mention every
+        such name (in one of its forms); with no such name, the search's passages and None (the question is then
+        answered like any other, by the model from the top papers)."""
+        most = self.settings.tuning.list_max_papers
+        expansions = dict(asked.aliases)  # an acronym or what it stands for: either will do (MoE, mixture-of-experts)
+        groups = [(name, expansions[name]) if name in expansions else (name,)
+                  for name in dict.fromkeys([*asked.names, *map(capitalised_head, asked.capitalised)])]
+        found = {group: {p for name in group for p in self.retriever.papers_mentioning(name, most)} for group in groups}
+        telling = {group: papers for group, papers in found.items() if 0 < len(papers) <= most}
+        if not telling:
+            return passages, None
+        wanted = set.intersection(*telling.values())  # every telling name, in one of its forms
+        known = {p.paper_id for p in passages}
+        extra = sorted(wanted - known)
+        more = self.retriever.paper_passages(extra, asked.text, first_rank=len(passages) + 1)
+        return passages + more, NamedFilter(papers=frozenset(wanted), names=tuple(n for group in telling for n in group))
+
+    def _list(
+        self, asked: QuestionAnalysis, passages: list[Passage], named: NamedFilter, base: dict,
+        timings: Timings, started: float,
+    ) -> Iterator[StreamEvent]:
+        """A list answer: every candidate paper whose own evidence qualifies it, one cited line each."""
+        listed = qualifying_papers(asked, passages, self.scorer, self.settings.tuning, named)
+        if not listed:
+            logger.info("abstaining on %r: no candidate paper qualifies for the list", asked.text)
+            timings.total_s = round(time.perf_counter() - started, 4)
+            yield StreamEvent(kind="done", answer=Answer(answer=NOT_IN_CORPUS, abstained=True, timings=timings, **base))
+            return
+        lines, citations = list_answer(listed)
+        for line in lines:
+            if timings.first_token_s is None:
+                timings.first_token_s = round(time.perf_counter() - started, 4)
+            yield StreamEvent(kind="token", text=line + "\n")
+        timings.total_s = round(time.perf_counter() - started, 4)
+        answer = Answer(answer="\n".join(lines), abstained=False, citations=citations, timings=timings, **base)
         yield StreamEvent(kind="done", answer=answer)
 
     def _abstain_reason(self, question: QuestionAnalysis, passages: list[Passage]) -> str | None:

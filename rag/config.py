@@ -158,6 +158,15 @@ class AnswerSettings(BaseModel):
         "this many papers (a few seconds for the bundled 150); above it, a question's sentences are embedded when it "
         "first needs them (about 0.3 s) and kept on disk.",
     )
+    list_answers: bool = Field(
+        default=True,
+        description="A 'which papers ...' question that names something only some papers mention (at most "
+        "tuning.list_max_papers) gets an extractive list: every paper whose abstract mentions it, named and quoted, "
+        "cited (no model call). False: the model answers it from the top papers like any other question.",
+    )
+    list_candidates: int = Field(
+        default=15, ge=1, le=50, description="Papers a list question retrieves (k is a floor for lists, not a cap)."
+    )
     min_relevance: float = Field(
         default=0.33,
         ge=-1.0,
@@ -212,6 +221,7 @@ class TuningSettings(BaseModel):
     fallback_sentences: int = Field(
         default=2, ge=1, le=20, description="Sentences quoted per paper by the extractive (grounded) answer."
     )
+    list_max_papers: int = Field(default=10, ge=1, le=50, description="Most papers one list answer names.")
 
 
 class UISettings(BaseModel):

@@ -92,6 +92,13 @@ def _names_contribution(sentence: str, title: str | None, kind: str | None = Non
     return _naming_strength(sentence, title) > 0
 
 
+def naming_sentence(sentences: Sequence[str], title: str | None) -> int | None:
+    """The sentence where a paper introduces its contribution by a coined name ("we propose MIGU (...)"), the
+    clearest first, if it has one."""
+    naming = [i for i, s in enumerate(sentences) if _names_contribution(s, title)]
+    return max(naming, key=lambda i: _naming_strength(sentences[i], title), default=None)
+
+
 def grounded_fallback(
     context: Context, multi: bool, papers: Sequence[int] | None = None, sentences: int | None = None
 ) -> str:

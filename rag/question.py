@@ -8,6 +8,7 @@ a list of papers. Deterministic and cheap (regexes and the word lists of rag/wor
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ class QuestionAnalysis:
     followup: bool
     terms: frozenset[str]
     names: tuple[str, ...]  # NV-Embed, Qwen2.5, GPT-4: a digit or an inner capital
+    aliases: tuple[tuple[str, str], ...]  # (acronym, what it stands for): ("MoE", "mixture-of-experts")
     capitalised: tuple[str, ...]  # capitalised words after the first (Dolma, Flacuna)
     numbers: frozenset[str]
     wh: str  # "what", "which", "how many", "how much" or ""
     phrases: tuple[tuple[str, ...], ...]  # the asked-for noun phrase(s), split at "and"
     counted: tuple[str, ...]  # for "how many": the words of the counted thing
-    multi: bool  # asks after several papers ("Which papers ...")
+    multi: bool  # may need several papers (mentions "papers", "works", "studies"...)
+    wants_list: bool  # asks which papers do something ("Which papers ...", "Are there studies ..."): a list answer
     wants_figure: bool  # "how many", "what accuracy"
     wants_work: bool  # "which method", "is there work on"
     kind: str | None  # the kind of thing asked for ("dataset", "benchmark"...)
@@ -38,6 +41,11 @@ class QuestionAnalysis:
     @property
     def lower(self) -> str:
         return self.text.lower()
+
+
+def capitalised_head(word: str) -> str:
+    """A capitalised word without the lower-case tail it is hyphenated to: "Korean-language" -> "Korean"."""
+    return "-".join(itertools.takewhile(lambda part: not part.islower(), word.split("-"))) or word
 
 
 def as_analysis(question: QuestionAnalysis | str) -> QuestionAnalysis:
@@ -54,12 +62,14 @@ def analyse(question: str, history: Sequence[ChatTurn] = ()) -> QuestionAnalysis
         followup=text != question.strip(),
         terms=frozenset(terms(text)),
         names=tuple(names_in(text)),
+        aliases=tuple(acronym_expansions(text)),
         capitalised=tuple(w for w in NAME.findall(text)[1:] if w[0].isupper()),
         numbers=frozenset(numbers_in(text)),
         wh=wh,
         phrases=tuple(tuple(p) for p in phrases),
         counted=tuple(counted_words(text)),
         multi=bool(_patterns().multi.search(text)),
+        wants_list=bool(_patterns().list_question.search(text)) and not re.match(r"\s*how many\b", text, re.IGNORECASE),
         wants_figure=bool(_patterns().figure.search(text)),
         wants_work=bool(_patterns().named_thing.search(text) or _patterns().asks_for_work.search(text.strip())),
         kind=asked_kind(text),
@@ -72,6 +82,7 @@ def analyse(question: str, history: Sequence[ChatTurn] = ()) -> QuestionAnalysis
 @dataclass(frozen=True)
 class _Patterns:
     multi: re.Pattern[str]
+    list_question: re.Pattern[str]
     named_thing: re.Pattern[str]
     asks_for_work: re.Pattern[str]
     figure: re.Pattern[str]
@@ -84,6 +95,11 @@ def _patterns() -> _Patterns:
     w = words()
     return _Patterns(
         multi=re.compile(rf"\b({alternation(w.multi_paper_nouns)})\b", re.IGNORECASE),
+        list_question=re.compile(
+            rf"\b(?:{alternation(w.list_openers)})(?:(?:\s+[\w\-]+){{0,3}}?\s+(?:{alternation(w.list_nouns)})"
+            rf"|\s+(?:{alternation(w.list_nouns_next)}))\b",
+            re.IGNORECASE,
+        ),
         named_thing=re.compile(
             r"\b(?:what|which|name (?:the|a|an|one)|tell me (?:the|a|an))\b(?:\s+[\w\-]+){0,6}?\s+"
             rf"(?P<kind>{alternation(w.asked_kinds)})s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
@@ -113,6 +129,25 @@ def asked_kind(question: str) -> str | None:
     """The kind of thing a 'what/which ... X' question asks for ('dataset', 'benchmark', 'method'...), if any."""
     match = _patterns().named_thing.search(question)
     return match.group("kind").lower() if match and match.group("kind") else None
+
+
+def acronym_expansions(text: str) -> list[tuple[str, str]]:
+    """Each acronym in brackets with the words it stands for, when their initials spell it: "Direct Preference
+    Optimization (DPO)" -> ("DPO", "Direct Preference Optimization"), "mixture-of-experts (MoE)" -> ("MoE",
+    "mixture-of-experts")."""
+    found = []
+    for match in re.finditer(r"\(([A-Za-z][A-Za-z0-9\-]{1,11})\)", text):
+        letters = [c.lower() for c in match.group(1) if c.isalpha()]
+        before = re.findall(r"[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)*", text[: match.start()])
+        taken: list[str] = []
+        initials: list[str] = []
+        for word in reversed(before[-len(letters) :]):
+            taken.insert(0, word)
+            initials = [part[0].lower() for w in taken for part in w.split("-")]
+            if initials == letters:
+                found.append((match.group(1), " ".join(taken)))
+                break
+    return found
 
 
 # ------------------------------------------------------------------------------------- asked-for phrase

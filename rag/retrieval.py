@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from rag.index import open_index
 from rag.inputs import passages_k, question_text
 from rag.lexical import LEXICAL_DIR, LexicalIndex, index_text, paper_of
 from rag.store import META_FINGERPRINT, META_PAPERS, META_STATE, Store, StoredChunk, paper_abstract
+from rag.text import name_pattern
 from rag.types import Location, Passage, display_label
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,26 @@ class Retriever:
         """The whole abstract of every indexed paper, once each (read page by page from the store)."""
         store, _ = self._index()
         return [paper_abstract(c.text, c.metadata) for c in store.iter_chunks() if int(c.metadata.get("ordinal", 0)) == 0]
+
+    def papers_mentioning(self, name: str, max_papers: int) -> list[str]:
+        """The papers whose text mentions a name (see rag.text.name_pattern); more than max_papers means "many"."""
+        store, _ = self._index()
+        return store.papers_matching(name_pattern(name), max_chunks=4 * max_papers)
+
+    def paper_passages(self, paper_ids: Sequence[str], query: str, first_rank: int) -> list[Passage]:
+        """Passages (each paper's first chunk, its similarity to the query) for papers the search did not rank:
+        a list answer reaches every paper that mentions what the question names."""
+        store, _ = self._index()
+        vector = self.embedder.embed([query])[0]
+        stored = store.get([f"{paper_id}:0" for paper_id in paper_ids])
+        passages: list[Passage] = []
+        for paper_id in paper_ids:
+            first = stored.get(f"{paper_id}:0")
+            if first is not None:
+                similarity = self._paper_similarity(store, paper_id, vector)
+                abstract = paper_abstract(first.text, first.metadata)
+                passages.append(self._passage(first_rank + len(passages), 0.0, first, abstract, similarity, {}))
+        return passages
 
     def invalidate(self) -> None:
         """Forget the open store (call after a re-ingest in the same process)."""

@@ -359,6 +359,12 @@ class Store:
         result = self.collection().get(where={"paper_id": paper_id}, include=include)
         return sorted(self._stored(result, with_embeddings), key=lambda c: int(c.metadata.get("ordinal", 0)))
 
+    def papers_matching(self, pattern: str, max_chunks: int) -> list[str]:
+        """Ids of the papers with a chunk whose text matches the regex (Chroma's where_document $regex, Rust
+        syntax), from at most max_chunks matching chunks, in store order."""
+        result = self.collection().get(where_document={"$regex": pattern}, limit=max_chunks, include=["metadatas"])
+        return list(dict.fromkeys(str(m["paper_id"]) for m in result["metadatas"] or []))
+
     def query(self, embedding: np.ndarray, n: int) -> list[tuple[str, float]]:
         """Nearest chunks as (chunk_id, cosine similarity), best first."""
         n = min(n, self.count())

@@ -89,6 +89,17 @@ def name_in(name: str, text: str) -> bool:
     return all(re.search(rf"(?<![a-z0-9]){re.escape(p)}(?![a-z0-9])", text) for p in core.split("-"))
 
 
+def name_pattern(name: str) -> str:
+    """A case-insensitive regex (Rust and Python syntax) that finds a name as a whole word, its hyphens optional
+    ("BIG-Bench" finds "BIG-bench" and "big bench"; "GPT-2" finds "GPT2"), without a generic affix ("T5-based")."""
+    parts = [p for p in name.lower().split("-") if p]
+    parts = [p for p in parts if p not in words().name_affixes] or parts
+    body = r"[-\s]?".join(re.escape(p) for p in parts)
+    start = r"\b" if parts[0][0].isalnum() else ""
+    end = (r"s?\b" if parts[-1][-1].isalpha() else r"\b") if parts[-1][-1].isalnum() else ""  # "LLM" finds "LLMs"
+    return f"(?i){start}{body}{end}"
+
+
 def mentions(word: str, text_terms: set[str]) -> bool:
     """Whether a question word is found among a text's terms (stem, hyphen parts, or a shared 6-letter prefix)."""
     word_terms = terms(word)

@@ -156,6 +156,51 @@ def test_a_multi_paper_question_cites_each_paper_used(ingested_settings, retriev
     assert_citations_verbatim(answer, CORPUS)
 
 
+KOREAN_PAPERS = {("000_984080258767f917.txt", 2), ("003_ce4bc02b0d96118d.txt", 2), ("003_ce4bc02b0d96118d.txt", 4)}
+
+
+def test_a_which_papers_question_lists_every_qualifying_paper_without_the_model(ingested_settings, retriever):
+    """Three abstracts of the bundled corpus are about Korean (EXAONE 3.0, HyperCLOVA X, KMMLU; checked by grep).
+    A list answer names each with a quoted, cited sentence; it is extractive, so the model is never called."""
+    assistant = Assistant(ingested_settings, retriever=retriever, llm=ForbiddenLLM())
+    answer = assistant.ask("Which papers in my collection deal with the Korean language?", k=3)
+    assert not answer.abstained and answer.model is None
+    assert len(answer.passages) >= ingested_settings.answer.list_candidates  # k is a floor for lists, not a cap
+    assert KOREAN_PAPERS <= {(c.source, c.line) for c in answer.citations}, answer.answer
+    assert [c.n for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+    assert all(f"[{c.n}]" in answer.answer for c in answer.citations)
+    assert_citations_verbatim(answer, CORPUS)
+    assert answer.timings.first_token_s is not None and answer.timings.prompt_tokens == 0
+
+
+SUPERGLUE_PAPERS = {("001_0b21518f7ee75860.txt", line) for line in (69, 173, 201, 205)}  # grep -w -i superglue
+
+
+def test_a_list_question_naming_something_lists_every_paper_that_mentions_it(ingested_settings, retriever):
+    """A name only some papers mention is looked up in the whole store, not only in the search's top k."""
+    assistant = Assistant(ingested_settings, retriever=retriever, llm=ForbiddenLLM())
+    answer = assistant.ask("Which papers report results on SuperGLUE?", k=2)
+    assert {(c.source, c.line) for c in answer.citations} == SUPERGLUE_PAPERS, answer.answer
+    assert answer.answer.startswith("4 papers") and all("superglue" in c.quote.lower() for c in answer.citations)
+    assert_citations_verbatim(answer, CORPUS)
+
+
+def test_a_list_question_about_nothing_in_the_corpus_abstains(ingested_settings, retriever):
+    assistant = Assistant(ingested_settings, retriever=retriever, llm=ForbiddenLLM())
+    answer = assistant.ask("Which papers describe recipes for baking sourdough bread at home?")
+    assert answer.abstained and answer.answer == NOT_IN_CORPUS and not answer.citations
+
+
+def test_acronym_expansions_count_as_names_of_a_list_question():
+    from rag.question import analyse
+
+    assert analyse("Which papers build on a mixture-of-experts (MoE) design?").aliases == (("MoE", "mixture-of-experts"),)
+    assert analyse("Which papers use Direct Preference Optimization (DPO)?").aliases == (
+        ("DPO", "Direct Preference Optimization"),
+    )
+    assert analyse("Which papers use the KILT (knowledge) benchmark?").aliases == ()
+
+
 def test_follow_up_is_rewritten_before_retrieval(ingested_settings, retriever):
     assistant, _ = _scripted(ingested_settings, retriever, "")
     history = [ChatTurn(role="user", content="What is the KMMLU benchmark?"), ChatTurn(role="assistant", content="A benchmark [1].")]

@@ -1,0 +1,38 @@
+"""One analysis per question: what later stages read from it (no model, no index)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.question import analyse, capitalised_head
+from rag.types import ChatTurn
+
+
+@pytest.mark.parametrize(
+    ("question", "wants_list"),
+    [
+        ("Which papers report results on SuperGLUE?", True),
+        ("Which abstracts mention Korean?", True),
+        ("Are there recent studies on catastrophic forgetting?", True),
+        ("How many papers does the survey review?", False),  # a figure, not a list
+        ("What programming model abstracts pipelines as graphs?", False),  # "abstracts" as a verb
+        ("What approach folds instruction tuning into pre-training so that it works?", False),
+    ],
+)
+def test_list_questions_are_told_apart(question: str, wants_list: bool):
+    assert analyse(question).wants_list is wants_list
+
+
+def test_the_analysis_holds_what_later_stages_need():
+    q = analyse("How many expert-level questions does KMMLU (Korean MMLU) contain, and what accuracy does GPT-4 reach?")
+    assert q.wh == "how many" and q.wants_figure and not q.wants_list
+    assert q.names == ("KMMLU", "MMLU", "GPT-4") and analyse("Does KMMLU hold 35,030 questions?").numbers == {"35030"}
+    assert q.counted[:2] == ("expert-level", "questions")
+    followup = analyse("and which dataset did they use?", [ChatTurn(role="user", content="What is KMMLU?")])
+    assert followup.followup and "KMMLU" in followup.text and followup.asked == "and which dataset did they use?"
+
+
+def test_capitalised_head_drops_a_lower_case_tail():
+    assert [capitalised_head(w) for w in ("Korean-language", "BIG-Bench", "Mistral-7B", "T5-based")] == [
+        "Korean", "BIG-Bench", "Mistral-7B", "T5",
+    ]
