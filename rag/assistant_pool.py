@@ -50,7 +50,7 @@ class AssistantPool:
             self._assistants[self.default_name] = assistant
 
     def _current_model_name(self) -> str:
-        from rag.llm import resolve_model_path
+        from rag.model_files import resolve_model_path
 
         try:
             return resolve_model_path(self.settings.model, self.settings.models_dir).name
@@ -75,7 +75,7 @@ class AssistantPool:
     def choices(self) -> list[tuple[str, str]]:
         """(label, name) for the model dropdown: the configured model, the default model, every GGUF in models/;
         with a model server, its model only."""
-        from rag.llm import list_models
+        from rag.model_files import list_models
 
         if self.remote:
             return [(f"{self.default_name} (model server)", self.default_name)]

@@ -130,7 +130,7 @@ def _checked_model_settings(ctx: click.Context, model: str | None, llm_url: str 
         finally:
             remote.close()
         return settings
-    from rag.llm import check_gguf, resolve_model_path
+    from rag.model_files import check_gguf, resolve_model_path
 
     settings = _settings(ctx, model=model)
     check_gguf(resolve_model_path(settings.model, settings.models_dir))

@@ -18,6 +18,9 @@ Definitions (all case-insensitive where text is compared):
 - latency: p50 / p95 of first_token_s (questions where the model ran) and total_s (all answered questions),
   after the assistant's warm_up() (model loaded, system prompt cached), as in the web app.
 
+This module runs an evaluation and holds the `rag eval` command; the records and metric functions are in
+rag.eval_metrics, the printed table in rag.eval_report.
+
 Nothing heavy is imported at module level: models and the store load only when `evaluate` runs.
 """
 
@@ -25,20 +28,38 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from rag.config import PROJECT_ROOT, Settings
 from rag.errors import ConfigError, RagError
-from rag.types import BatchRecord, Location, Passage
+from rag.eval_metrics import (  # noqa: F401 - citation_scores, missing_strings, percentile: re-exported
+    PAPERS_AT,
+    SPLITS,
+    EvalReport,
+    Loc,
+    QAItem,
+    QuestionResult,
+    SplitReport,
+    answer_metrics,
+    citation_scores,
+    group_papers,
+    hit_rank,
+    missing_strings,
+    papers_found,
+    passage_locations,
+    percentile,
+    retrieval_metrics,
+    score_record,
+)
+from rag.eval_report import format_report
+from rag.types import BatchRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from rag.retrieval import Retriever
@@ -46,222 +67,6 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 DEFAULT_QA_PATH = PROJECT_ROOT / "eval" / "qa_dev.jsonl"
-SPLITS = ("tune", "holdout")
-PAPERS_AT = 5
-
-Loc = tuple[str, int]
-
-
-# ------------------------------------------------------------------------------------------- records
-
-
-class QAItem(BaseModel):
-    id: str
-    question: str
-    answerable: bool
-    kind: str
-    expected_sources: list[Location] = Field(default_factory=list)
-    must_contain: list[str] = Field(default_factory=list)
-    split: str = "tune"
-
-    @property
-    def expected(self) -> set[Loc]:
-        return {(loc.source, loc.line) for loc in self.expected_sources}
-
-
-class QuestionResult(BaseModel):
-    """One question's row in the report."""
-
-    id: str
-    split: str
-    kind: str
-    answerable: bool
-    question: str
-    hit_rank: int | None = Field(default=None, description="1-based rank of the first expected passage; None if missed.")
-    papers_found: float | None = Field(default=None, description="Share of expected papers in the top 5 (answerable only).")
-    retrieved: list[str] = Field(default_factory=list, description="'source:line' of the retrieved passages, in rank order.")
-    answer: str | None = None
-    abstained: bool | None = None
-    passed: bool | None = Field(default=None, description="Answerable: all must_contain present; unanswerable: abstained.")
-    missing: list[str] = Field(default_factory=list, description="must_contain strings absent from the answer.")
-    citations: list[str] = Field(default_factory=list, description="'source:line' of each citation, in order.")
-    citations_correct: int | None = None
-    citation_recall: float | None = None
-    first_token_s: float | None = None
-    total_s: float | None = None
-    error: str | None = None
-
-
-class RetrievalMetrics(BaseModel):
-    questions: int = Field(description="Answerable questions scored.")
-    recall_at_1: float | None = None
-    recall_at_5: float | None = None
-    mrr: float | None = None
-    multi_questions: int = 0
-    multi_papers_at_5: float | None = Field(default=None, description="Mean share of expected papers in the top 5 (multi).")
-
-
-class AnswerMetrics(BaseModel):
-    answerable: int
-    unanswerable: int
-    errors: int = 0
-    accuracy: float | None = None
-    citation_precision: float | None = None
-    citation_recall: float | None = None
-    citations: int = 0
-    abstention_rate: float | None = None
-    false_abstention_rate: float | None = None
-    first_token_p50_s: float | None = None
-    first_token_p95_s: float | None = None
-    total_p50_s: float | None = None
-    total_p95_s: float | None = None
-
-
-class SplitReport(BaseModel):
-    split: str
-    questions: int
-    retrieval: RetrievalMetrics
-    answers: AnswerMetrics | None = None
-
-
-class EvalReport(BaseModel):
-    qa_path: str
-    created: str
-    retrieval_only: bool
-    split: str | None = Field(default=None, description="The split asked for; None: every question.")
-    index: str = Field(default="", description="Fingerprint of the index that was searched.")
-    model: str | None = None
-    prompt_version: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict, description="Retrieval, chunking, answer and llm settings used.")
-    seconds: float = 0.0
-    splits: dict[str, SplitReport] = Field(description="'tune', 'holdout' and 'all' (only those with questions).")
-    kinds: dict[str, SplitReport] = Field(default_factory=dict, description="The same metrics per question kind (all splits).")
-    questions: list[QuestionResult]
-
-
-# ------------------------------------------------------------------------------------------ metrics
-
-
-def mean(values: Iterable[float]) -> float | None:
-    values = list(values)
-    return sum(values) / len(values) if values else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    position = (len(ordered) - 1) * q / 100.0
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def passage_locations(passage: Passage) -> set[Loc]:
-    locations = {(loc.source, loc.line) for loc in passage.locations}
-    locations.add((passage.source, passage.line))
-    return locations
-
-
-def hit_rank(ranked: Sequence[set[Loc]], expected: set[Loc]) -> int | None:
-    """1-based rank of the first passage (given as its set of locations) that holds an expected location."""
-    for rank, locations in enumerate(ranked, start=1):
-        if locations & expected:
-            return rank
-    return None
-
-
-def group_papers(expected: set[Loc], paper_of: dict[Loc, str]) -> list[set[Loc]]:
-    """Expected locations grouped by paper (one abstract at two places is one paper); unknown ones stand alone."""
-    groups: dict[str, set[Loc]] = {}
-    for loc in sorted(expected):
-        groups.setdefault(paper_of.get(loc, f"{loc[0]}:{loc[1]}"), set()).add(loc)
-    return list(groups.values())
-
-
-def papers_found(ranked: Sequence[set[Loc]], papers: list[set[Loc]], at: int = PAPERS_AT) -> float | None:
-    """Share of the expected papers that some passage among the first `at` holds."""
-    if not papers:
-        return None
-    top: set[Loc] = set().union(*ranked[:at]) if ranked[:at] else set()
-    return sum(1 for paper in papers if paper & top) / len(papers)
-
-
-def missing_strings(answer: str, must_contain: Sequence[str]) -> list[str]:
-    """must_contain strings not found in the answer (case-insensitive, whitespace runs made single spaces)."""
-    text = " ".join(answer.split()).casefold()
-    return [s for s in must_contain if " ".join(s.split()).casefold() not in text]
-
-
-def citation_scores(cited: Sequence[Loc], papers: list[set[Loc]]) -> tuple[int, float | None]:
-    """(citations that point at an expected source, share of expected papers cited)."""
-    expected = set().union(*papers) if papers else set()
-    correct = sum(1 for loc in cited if loc in expected)
-    recall = sum(1 for paper in papers if paper & set(cited)) / len(papers) if papers else None
-    return correct, recall
-
-
-def retrieval_metrics(rows: Sequence[QuestionResult]) -> RetrievalMetrics:
-    scored = [r for r in rows if r.answerable]
-    multi = [r for r in scored if r.kind == "multi" and r.papers_found is not None]
-
-    def recall(k: int) -> float | None:
-        return mean(1.0 if r.hit_rank is not None and r.hit_rank <= k else 0.0 for r in scored)
-
-    return RetrievalMetrics(
-        questions=len(scored),
-        recall_at_1=recall(1),
-        recall_at_5=recall(5),
-        mrr=mean(1.0 / r.hit_rank if r.hit_rank else 0.0 for r in scored),
-        multi_questions=len(multi),
-        multi_papers_at_5=mean(r.papers_found for r in multi),  # type: ignore[misc]
-    )
-
-
-def answer_metrics(rows: Sequence[QuestionResult]) -> AnswerMetrics:
-    answerable = [r for r in rows if r.answerable]
-    unanswerable = [r for r in rows if not r.answerable]
-    # An error record is neither an answer nor an abstention: it fails accuracy and counts as not abstained.
-    answered = [r for r in answerable if not r.error and not r.abstained]
-    n_citations = sum(len(r.citations) for r in answered)
-    ttft = [r.first_token_s for r in rows if r.first_token_s is not None and not r.error]
-    totals = [r.total_s for r in rows if r.total_s is not None and not r.error]
-    return AnswerMetrics(
-        answerable=len(answerable),
-        unanswerable=len(unanswerable),
-        errors=sum(1 for r in rows if r.error),
-        accuracy=mean(1.0 if r.passed else 0.0 for r in answerable),
-        citation_precision=(sum(r.citations_correct or 0 for r in answered) / n_citations) if n_citations else None,
-        citation_recall=mean(r.citation_recall for r in answered if r.citation_recall is not None),  # type: ignore[misc]
-        citations=n_citations,
-        abstention_rate=mean(1.0 if r.abstained and not r.error else 0.0 for r in unanswerable),
-        false_abstention_rate=mean(1.0 if r.abstained and not r.error else 0.0 for r in answerable),
-        first_token_p50_s=percentile(ttft, 50),
-        first_token_p95_s=percentile(ttft, 95),
-        total_p50_s=percentile(totals, 50),
-        total_p95_s=percentile(totals, 95),
-    )
-
-
-def score_record(row: QuestionResult, item: QAItem, record: BatchRecord, papers: list[set[Loc]]) -> None:
-    """Fill the answer fields of a row from its batch record."""
-    row.answer = record.answer
-    row.abstained = record.abstained
-    row.error = record.error
-    row.first_token_s = record.timings.first_token_s
-    row.total_s = record.timings.total_s
-    cited = [(c.source, c.line) for c in record.citations]
-    row.citations = [f"{s}:{n}" for s, n in cited]
-    if record.error:
-        row.passed = False
-        return
-    if item.answerable:
-        row.missing = missing_strings(record.answer, item.must_contain) if not record.abstained else list(item.must_contain)
-        row.passed = not record.abstained and not row.missing
-        if not record.abstained:
-            row.citations_correct, row.citation_recall = citation_scores(cited, papers)
-    else:
-        row.passed = record.abstained
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -443,62 +248,7 @@ def _fingerprint(retriever: Any) -> str:
         return ""
 
 
-# -------------------------------------------------------------------------------------------- output
-
-
-def _fmt(value: float | int | None, kind: str = "rate") -> str:
-    if value is None:
-        return "-"
-    if kind == "int":
-        return str(int(value))
-    if kind == "s":
-        return f"{value:.2f}s"
-    return f"{value:.3f}"
-
-
-def format_report(report: EvalReport) -> str:
-    """A compact table: one column per split."""
-    names = [n for n in (*SPLITS, "all") if n in report.splits]
-    cols = [report.splits[n] for n in names]
-    lines: list[tuple[str, list[str]]] = [
-        ("questions", [_fmt(c.questions, "int") for c in cols]),
-        ("recall@1", [_fmt(c.retrieval.recall_at_1) for c in cols]),
-        ("recall@5", [_fmt(c.retrieval.recall_at_5) for c in cols]),
-        ("MRR", [_fmt(c.retrieval.mrr) for c in cols]),
-        ("multi: papers@5", [_fmt(c.retrieval.multi_papers_at_5) for c in cols]),
-    ]
-    if not report.retrieval_only:
-        answers = [c.answers or AnswerMetrics(answerable=0, unanswerable=0) for c in cols]
-        lines += [
-            ("accuracy", [_fmt(a.accuracy) for a in answers]),
-            ("citation precision", [_fmt(a.citation_precision) for a in answers]),
-            ("citation recall", [_fmt(a.citation_recall) for a in answers]),
-            ("abstention (unans.)", [_fmt(a.abstention_rate) for a in answers]),
-            ("false abstention", [_fmt(a.false_abstention_rate) for a in answers]),
-            ("first token p50", [_fmt(a.first_token_p50_s, "s") for a in answers]),
-            ("first token p95", [_fmt(a.first_token_p95_s, "s") for a in answers]),
-            ("total p50", [_fmt(a.total_p50_s, "s") for a in answers]),
-            ("total p95", [_fmt(a.total_p95_s, "s") for a in answers]),
-            ("errors", [_fmt(a.errors, "int") for a in answers]),
-        ]
-    width = max(len(label) for label, _ in lines)
-    out = [f"{'':<{width}}  " + "  ".join(f"{n:>8}" for n in names)]
-    out += [f"{label:<{width}}  " + "  ".join(f"{v:>8}" for v in values) for label, values in lines]
-    if not report.retrieval_only and report.kinds:
-        by_kind = ", ".join(
-            f"{kind} {_fmt(k.answers.abstention_rate if kind == 'unanswerable' else k.answers.accuracy)} ({k.questions})"
-            for kind, k in report.kinds.items()
-            if k.answers
-        )
-        out.append(f"by kind (accuracy; unanswerable: abstention): {by_kind}")
-    missed = [r.id for r in report.questions if r.answerable and r.hit_rank is None]
-    failed = [r.id for r in report.questions if r.passed is False]
-    if missed:
-        out.append(f"not retrieved (top {max(PAPERS_AT, int(report.settings.get('retrieval', {}).get('k', 5)))}): {', '.join(missed)}")
-    if failed:
-        out.append(f"answers failed: {', '.join(failed)}")
-    out.append(f"index {report.index or '?'}; {report.seconds:.1f}s")
-    return "\n".join(out)
+# ------------------------------------------------------------------------------------------- command
 
 
 @click.command("eval")
