@@ -25,7 +25,7 @@ from rag.inputs import InvalidText, clean_text, passages_k, question_text
 from rag.listing import NamedFilter, list_answer, qualifying_papers
 from rag.llm import ChatModel, chat_model
 from rag.prompts import NOT_IN_CORPUS, Prompts
-from rag.question import QuestionAnalysis, analyse, capitalised_head
+from rag.question import QuestionAnalysis, analyse, list_names
 from rag.scoring import SentenceScorer
 from rag.sentences import split_sentences
 from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
@@ -260,9 +260,7 @@ class Assistant:
         such name (in one of its forms); with no such name, the search's passages and None (the question is then
         answered like any other, by the model from the top papers)."""
         most = self.settings.tuning.list_max_papers
-        expansions = dict(asked.aliases)  # an acronym or what it stands for: either will do (MoE, mixture-of-experts)
-        groups = [(name, expansions[name]) if name in expansions else (name,)
-                  for name in dict.fromkeys([*asked.names, *map(capitalised_head, asked.capitalised)])]
+        groups = list_names(asked)
         found = {group: {p for name in group for p in self.retriever.papers_mentioning(name, most)} for group in groups}
         telling = {group: papers for group, papers in found.items() if 0 < len(papers) <= most}
         if not telling:

@@ -20,7 +20,7 @@ from rag.context import paper_texts
 from rag.extractive import naming_sentence
 from rag.question import QuestionAnalysis
 from rag.scoring import SentenceScorer
-from rag.text import name_pattern, overlap, terms
+from rag.text import figures, name_pattern, overlap, terms
 from rag.types import Citation, Passage
 
 
@@ -69,6 +69,10 @@ def qualifying_papers(
         naming = naming_sentence(sentences, passage.title)
         if naming is not None and naming_sentence([sentences[i] for i in chosen], passage.title) is None:
             chosen.add(naming)
+        if question.wants_figure and not any(figures(sentences[i]) - question.numbers for i in chosen):
+            # "Which papers ..., and how many ...?": also the best sentence that gives a figure about something asked
+            giving = [i for i in order if figures(sentences[i]) - question.numbers and question.terms & terms(sentences[i])]
+            chosen.update(giving[:1])
         scored.append(ListedPaper(
             passage=passage, sentence=sentences[best], score=max(scores), cosine=float(cosines[best]),
             quoted=tuple(sentences[i] for i in sorted(chosen)),

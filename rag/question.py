@@ -43,6 +43,23 @@ class QuestionAnalysis:
         return self.text.lower()
 
 
+def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
+    """What a list question requires its papers to mention, each as one or more interchangeable forms: its names
+    (GPT-2), capitalised phrases (Massive Text Embedding Benchmark, Korean), and an acronym with what it stands
+    for (MoE, mixture-of-experts). Names given as examples ("models such as CLIP") are not required."""
+    markers = alternation(words().example_markers)
+    text = re.sub(rf"\b(?:{markers})(?:\s|$)[^,.;:?!()]*", " ", question.text, flags=re.IGNORECASE)
+    expansions = dict(question.aliases)
+    runs = [capitalised_head(m.group(1)) for m in _CAPITALISED_RUN.finditer(text.strip())]
+    forms = [*runs, *(n for n in names_in(text) if not any(n in run.split() for run in runs))]
+    groups: list[tuple[str, ...]] = []
+    for form in dict.fromkeys(forms):
+        if any(form == expansion for expansion in expansions.values()):
+            continue  # listed with its acronym
+        groups.append((form, expansions[form]) if form in expansions else (form,))
+    return groups
+
+
 def capitalised_head(word: str) -> str:
     """A capitalised word without the lower-case tail it is hyphenated to: "Korean-language" -> "Korean"."""
     return "-".join(itertools.takewhile(lambda part: not part.islower(), word.split("-"))) or word

@@ -91,8 +91,9 @@ def name_in(name: str, text: str) -> bool:
 
 def name_pattern(name: str) -> str:
     """A case-insensitive regex (Rust and Python syntax) that finds a name as a whole word, its hyphens optional
-    ("BIG-Bench" finds "BIG-bench" and "big bench"; "GPT-2" finds "GPT2"), without a generic affix ("T5-based")."""
-    parts = [p for p in name.lower().split("-") if p]
+    ("BIG-Bench" finds "BIG-bench" and "big bench"; "GPT-2" finds "GPT2"; words may be spaced or hyphenated),
+    without a generic affix ("T5-based")."""
+    parts = [p for p in re.split(r"[-\s]+", name.lower()) if p]
     parts = [p for p in parts if p not in words().name_affixes] or parts
     body = r"[-\s]?".join(re.escape(p) for p in parts)
     start = r"\b" if parts[0][0].isalnum() else ""

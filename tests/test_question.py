@@ -32,6 +32,18 @@ def test_the_analysis_holds_what_later_stages_need():
     assert followup.followup and "KMMLU" in followup.text and followup.asked == "and which dataset did they use?"
 
 
+def test_a_list_question_requires_its_names_but_not_its_examples():
+    from rag.question import list_names
+
+    def names(question: str) -> list[tuple[str, ...]]:
+        return list_names(analyse(question))
+
+    assert names("Which papers evaluate on the Massive Text Embedding Benchmark?") == [("Massive Text Embedding Benchmark",)]
+    assert names("Which papers build on a mixture-of-experts (MoE) architecture?") == [("MoE", "mixture-of-experts")]
+    assert names("Which papers adapt vision-language models such as CLIP to new tasks?") == []
+    assert names("Which papers in my collection deal with the Korean language?") == [("Korean",)]
+
+
 def test_capitalised_head_drops_a_lower_case_tail():
     assert [capitalised_head(w) for w in ("Korean-language", "BIG-Bench", "Mistral-7B", "T5-based")] == [
         "Korean", "BIG-Bench", "Mistral-7B", "T5",
