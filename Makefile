@@ -44,9 +44,12 @@ test: install browser
 bench: index
 	$(PY) benchmarks/run.py
 
+# Blind sets held back until the end of the work they measure (see eval/README.md): scored only by naming them.
+HELD_OUT := eval/qa_blind8.jsonl
+
 eval: index
 	$(VENV)/bin/rag eval --json benchmarks/results/eval_dev.json
-	for set in eval/qa_blind*.jsonl; do \
+	for set in $(filter-out $(HELD_OUT),$(wildcard eval/qa_blind*.jsonl)); do \
 		name=$$(basename $$set .jsonl); \
 		$(VENV)/bin/rag eval $$set --json benchmarks/results/eval_$${name#qa_}.json || exit 1; \
 	done

@@ -15,15 +15,16 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from rag.answerability import unanswerable_reason
+from rag.answerability import gate_signals, unanswerable_reason
+from rag.chat_model import ChatModel, chat_model
 from rag.citations import check_answer
 from rag.config import Settings
 from rag.context import build_context, ensure_question_fits
 from rag.errors import ModelError, QuestionError
+from rag.gate import default_gate
 from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
 from rag.inputs import InvalidText, clean_text, passages_k, question_text
 from rag.listing import NamedFilter, list_answer, qualifying_papers
-from rag.llm import ChatModel, chat_model
 from rag.prompts import NOT_IN_CORPUS, Prompts
 from rag.question import QuestionAnalysis, analyse, list_names
 from rag.scoring import SentenceScorer
@@ -294,6 +295,12 @@ class Assistant:
     def _abstain_reason(self, question: QuestionAnalysis, passages: list[Passage]) -> str | None:
         if not passages:
             return "no passages (empty index?)"
+        if self.settings.answer.gate == "fitted":
+            gate = default_gate()
+            probability = gate.probability(gate_signals(question, passages))
+            if probability < gate.threshold:
+                return f"the fitted gate gives P(answerable) {probability:.2f} < {gate.threshold}"
+            return None
         best = max(p.similarity for p in passages)
         if best < self.settings.answer.min_relevance:
             return f"best passage similarity {best:.3f} < min_relevance {self.settings.answer.min_relevance}"

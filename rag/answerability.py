@@ -82,3 +82,53 @@ def _counts(sentence: str, counted: Sequence[str], window: int = 4) -> bool:
         if any(mentions(c, terms(w)) for c in counted for w in ahead):
             return True
     return False
+
+
+# ------------------------------------------------------------------------------------------ gate signals
+
+SIGNALS = (
+    "similarity", "similarity_gap", "term_share", "names_missing", "has_names", "names_its_paper",
+    "head_missing", "asked_coverage", "no_number", "count_missing", "rule_refuses",
+)
+
+
+def gate_signals(question: QuestionAnalysis | str, passages: Sequence[Passage]) -> dict[str, float]:
+    """The evidence a fitted gate weighs (rag.gate): what the rules above test, as numbers instead of verdicts.
+
+    similarity: the best passage's cosine; similarity_gap: its lead over the second paper; term_share: the
+    question's terms found in the best paper; names_missing: the share of its names absent from the top three;
+    head_missing / asked_coverage: the asked-for phrase's head absent from, and its words' coverage in, the papers
+    it is about; no_number / count_missing: for "how many", no number at all / none next to the counted thing;
+    rule_refuses: unanswerable_reason's verdict."""
+    question = as_analysis(question)
+    ranked = sorted(passages, key=lambda p: p.rank)
+    signals = dict.fromkeys(SIGNALS, 0.0)
+    if not ranked:
+        return {**signals, "names_missing": 1.0, "head_missing": 1.0, "rule_refuses": 1.0}
+    texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
+    names = list(question.names)
+    sims = sorted((p.similarity for p in ranked), reverse=True)
+    signals["similarity"] = sims[0]
+    signals["similarity_gap"] = sims[0] - sims[1] if len(sims) > 1 else sims[0]
+    top_terms = terms(texts[0])
+    signals["term_share"] = len(question.terms & top_terms) / len(question.terms) if question.terms else 0.0
+    joined = " ".join(texts).lower()
+    signals["has_names"] = float(bool(names))
+    signals["names_missing"] = sum(not name_in(n, joined) for n in names) / len(names) if names else 0.0
+    signals["names_its_paper"] = float(_names_its_paper(question, texts[0]))
+    if question.phrases:
+        about = [0] + [i for i in range(1, len(texts)) if names and all(name_in(n, texts[i].lower()) for n in names)]
+        paper_terms = [terms(texts[i]) for i in about]
+        heads = [p[-1] for p in question.phrases]
+        signals["head_missing"] = float(any(not any(mentions(h, t) for t in paper_terms) for h in heads))
+        asked = [w for p in question.phrases for w in p]
+        signals["asked_coverage"] = max(sum(mentions(w, t) for w in asked) / len(asked) for t in paper_terms)
+    else:
+        signals["asked_coverage"] = 1.0
+    if question.wh == "how many":
+        signals["no_number"] = float(not any(has_number(s) for p in ranked[:2] for s in split_sentences(p.text)))
+        counted = list(question.counted) or [p[-1] for p in question.phrases]
+        sentences = [s for p in ranked[:2] for s in split_sentences(p.text)]
+        signals["count_missing"] = float(bool(counted) and not any(_counts(s, counted) for s in sentences))
+    signals["rule_refuses"] = float(unanswerable_reason(question, passages) is not None)
+    return signals

@@ -167,6 +167,12 @@ class AnswerSettings(BaseModel):
     list_candidates: int = Field(
         default=15, ge=1, le=50, description="Papers a list question retrieves (k is a floor for lists, not a cap)."
     )
+    gate: Literal["rules", "fitted"] = Field(
+        default="rules",
+        description="How the assistant decides that the passages cannot answer: 'rules' (min_relevance, then the "
+        "named-thing and asked-slot checks of rag/answerability.py) or 'fitted' (a logistic regression over the same "
+        "signals, rag/gate.json, fitted by benchmarks/fit_gate.py).",
+    )
     min_relevance: float = Field(
         default=0.33,
         ge=-1.0,
