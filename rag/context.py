@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from rag.config import Settings, TuningSettings
 from rag.errors import QuestionError
-from rag.llm import ChatModel, Message
+from rag.generation import ChatModel, Message
 from rag.prompts import NOT_IN_CORPUS, Prompts, neutralise
 from rag.question import QuestionAnalysis, analyse, as_analysis
 from rag.scoring import SentenceScorer, score_sentences

@@ -1,4 +1,5 @@
-"""The local GGUF model: loading, token counting and streaming chat generation (finding the file: rag.model_files).
+"""The local GGUF model: loading, token counting and streaming chat generation (finding the file: rag.model_files;
+the shared message and event types: rag.generation; choosing local or remote: rag.chat_model).
 
 This is the only module that imports llama_cpp. The model is loaded lazily, once, and every use of the
 llama.cpp context (generation) happens under one lock: a `Llama` object is not thread-safe.
@@ -14,12 +15,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from rag.config import LLMSettings, Settings
 from rag.errors import ModelError, QuestionError
+from rag.generation import (  # noqa: F401 - ChatModel, Message: re-exported (callers that took them from here)
+    ChatModel,
+    GenerationEvent,
+    GenerationStats,
+    Message,
+)
 from rag.model_files import (  # noqa: F401 - default_model_path, list_models: re-exported for tests/benchmarks
     WHAT_TO_DO,
     check_gguf,
@@ -35,8 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_cpp import Llama
 
 logger = logging.getLogger(__name__)
-
-Message = dict[str, str]
 
 
 def _llama_cpp_version() -> str:
@@ -64,41 +68,6 @@ def llama_arguments(cfg: LLMSettings, path: Path) -> dict[str, Any]:
         "n_gpu_layers": 0,
         "verbose": False,
     }
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    first_token_s: float | None = None
-    total_s: float = 0.0
-    stop_reason: str = ""  # "stop" (end of turn), "length" (max_tokens)
-
-
-@dataclass
-class GenerationEvent:
-    """One step of a streamed generation: a text piece, or (done=True) the final stats."""
-
-    text: str = ""
-    done: bool = False
-    stats: GenerationStats = field(default_factory=GenerationStats)
-
-
-class ChatModel(Protocol):
-    """What the answering code needs from a model (LocalLLM, or a scripted fake in tests)."""
-
-    @property
-    def n_ctx(self) -> int: ...
-
-    def info(self) -> ModelInfo: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def count_chat_tokens(self, messages: Sequence[Message]) -> int: ...
-
-    def stream_chat(
-        self, messages: Sequence[Message], *, max_tokens: int, temperature: float = 0.0
-    ) -> Iterator[GenerationEvent]: ...
 
 
 class LocalLLM:
@@ -263,12 +232,3 @@ class LocalLLM:
             if self._llama is not None:
                 self._llama.close()
                 self._llama = None
-
-
-def chat_model(settings: Settings) -> ChatModel:
-    """The model the settings ask for: a model server when RAG_LLM__URL is set (RemoteLLM), else the local GGUF."""
-    if settings.llm.url:
-        from rag.llm_remote import RemoteLLM
-
-        return RemoteLLM(settings)
-    return LocalLLM(settings)

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from rag.errors import ModelError, QuestionError
-from rag.llm import GenerationEvent, GenerationStats, Message
+from rag.generation import GenerationEvent, GenerationStats, Message
 from rag.llm_server import (  # noqa: F401 - api_base, estimate_tokens: re-exported for tests
     START_HINT,
     ServerClient,

@@ -31,7 +31,7 @@ import httpx
 
 from rag.config import Settings
 from rag.errors import ConfigError, ModelError, QuestionError
-from rag.llm import Message
+from rag.generation import Message
 from rag.types import ModelInfo
 
 logger = logging.getLogger(__name__)

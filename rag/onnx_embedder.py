@@ -8,9 +8,10 @@ sentence_bert_config.json) -> Pooling (mean or CLS, from 1_Pooling/config.json) 
 `Embedder` always asks for. Tokenisation uses the folder's tokenizer.json (the fast tokenizer sentence-transformers
 itself uses); texts are grouped by token length before batching, so a batch pads to its own longest text only.
 
-This module runs the exports and keeps the cache filled (`ensure_export`); making them (export, fusions, int8
-quantisation, the check against torch) is rag.onnx_export's job. A cached file that fails to load is exported
-again, once.
+This module runs the exports, keeps the cache filled (`ensure_export`) and loads the encoder from it
+(`OnnxEncoder.load`); making them (export, fusions, int8 quantisation, the check against torch) is rag.onnx_export's
+job, running them (pipeline, tokenisation, pooling) rag.onnx_runtime's. A cached file that fails to load is
+exported again, once.
 """
 
 from __future__ import annotations
@@ -20,27 +21,24 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
+from rag import onnx_runtime
 from rag.onnx_export import (  # export_onnx and quantize_int8 are looked up here, so tests can patch them here
     FILES,
-    OnnxExportError,
-    Pipeline,
     Variant,
-    _onnxruntime,
     _temp_path,
     default_cache_dir,  # noqa: F401 - re-exported (rag.embedding)
     export_dir,
     export_onnx,
     model_key,  # noqa: F401 - re-exported
     quantize_int8,
+)
+from rag.onnx_runtime import (  # noqa: F401 - OnnxExportError, Pipeline, read_pipeline: re-exported (tests, benchmarks)
+    OnnxExportError,
+    Pipeline,
+    _session,
     read_pipeline,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    import onnxruntime
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +67,7 @@ def ensure_export(model_path: Path, cache_dir: Path, variant: Variant) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------ inference
-
-
-def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
-    ort = _onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+# ------------------------------------------------------------------------------------------ loading
 
 
 def _writable(folder: Path) -> bool:
@@ -100,22 +87,8 @@ def _loads(path: Path) -> bool:
     return True
 
 
-class OnnxEncoder:
-    """Texts -> float32 L2-normalised vectors with one onnxruntime session (not shared across threads unlocked)."""
-
-    def __init__(self, model_path: Path, session: onnxruntime.InferenceSession, pipeline: Pipeline):
-        from tokenizers import Tokenizer
-
-        tokenizer_file = model_path / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise OnnxExportError(f"no tokenizer.json in {model_path} (a fast tokenizer is needed)")
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.pad_id = int((self.tokenizer.padding or {}).get("pad_id", 0))
-        self.tokenizer.no_padding()  # tokenizer.json ships padding/truncation at 128: batches pad themselves
-        self.tokenizer.enable_truncation(pipeline.max_seq_length)
-        self.session = session
-        self.pipeline = pipeline
-        self.inputs = [i.name for i in session.get_inputs()]
+class OnnxEncoder(onnx_runtime.OnnxEncoder):
+    """rag.onnx_runtime's encoder (texts -> float32 L2-normalised vectors), loaded from the export cache."""
 
     @classmethod
     def load(cls, model_path: Path, cache_dir: Path, variant: Variant, threads: int) -> OnnxEncoder:
@@ -141,41 +114,3 @@ class OnnxEncoder:
             with tempfile.TemporaryDirectory(prefix="rag-embedder-") as tmp:
                 return cls(model_path, _session(ensure_export(model_path, Path(tmp), variant), threads), pipeline)
         return cls(model_path, _session(ensure_export(model_path, cache_dir, variant), threads), pipeline)
-
-    @property
-    def dimension(self) -> int:
-        return self.pipeline.dimension
-
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
-
-    def feed(self, batch: list[list[int]]) -> dict[str, np.ndarray]:
-        longest = max(len(ids) for ids in batch)
-        input_ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-        return {name: arrays[name] for name in self.inputs}
-
-    def pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Pooling then L2 normalisation, as sentence-transformers' Pooling and Normalize modules compute them."""
-        if self.pipeline.pooling == "cls":
-            vectors = hidden[:, 0]
-        else:
-            weights = mask[..., None].astype(np.float32)
-            vectors = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
-
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        tokens = self.tokenize(list(texts))
-        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
-        out = np.zeros((len(tokens), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            feed = self.feed([tokens[i] for i in rows])
-            hidden = self.session.run(["last_hidden_state"], feed)[0]
-            out[rows] = self.pool(hidden, feed["attention_mask"])
-        return out

@@ -5,24 +5,25 @@ The export (torch.onnx, then onnxruntime's BERT fusions; optionally int8 dynamic
 weight scales) lives in <cache_dir>/<model folder>-<key>/. The key hashes the model's config.json and the names,
 sizes and modification times of its weight files, so other weights never reuse an export. Every file is written to
 a temporary name in the same folder and renamed once complete and checked against torch on probe texts.
-rag.onnx_embedder runs the exports (and makes a missing or unloadable one again, once).
+rag.onnx_embedder runs the exports (and makes a missing or unloadable one again, once); the model folder's pipeline
+and the encoder that runs an export (the check here uses it) are rag.onnx_runtime's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from rag.onnx_runtime import OnnxEncoder, OnnxExportError, _onnxruntime, _session, read_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +42,6 @@ PROBE_TEXTS = (
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
 
 
-class OnnxExportError(RuntimeError):
-    """The model cannot be exported, checked or loaded for onnxruntime (the caller may fall back to torch)."""
-
-
-def _onnxruntime():
-    """onnxruntime, imported with its telemetry off (1.2x on Linux keeps a device id and an event store under
-    ~/.cache/Microsoft and would upload them; the switch is read once, at import)."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    import onnxruntime
-
-    if os.environ["ORT_DISABLE_TELEMETRY"] == "1":
-        onnxruntime.disable_telemetry_events()  # in case someone imported it before us
-    return onnxruntime
-
-
 def default_cache_dir() -> Path:
     """Per-user cache: $XDG_CACHE_HOME/rag-abstracts/embedder, else ~/.cache/rag-abstracts/embedder."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -63,44 +49,6 @@ def default_cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------- model folder
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """What sentence-transformers does around the transformer, read from the model folder."""
-
-    max_seq_length: int
-    pooling: Literal["mean", "cls"]
-    dimension: int
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise OnnxExportError(f"cannot read {path}: {e}") from e
-
-
-def read_pipeline(model_path: Path) -> Pipeline:
-    """The module chain of modules.json, if onnxruntime can reproduce it (Transformer -> Pooling [-> Normalize])."""
-    modules = _read_json(model_path / "modules.json")
-    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules] if isinstance(modules, list) else []
-    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-        raise OnnxExportError(f"unsupported sentence-transformers modules {kinds} in {model_path}")
-    pooling_dir = next(m.get("path", "") for m in modules if m.get("type", "").endswith("Pooling"))
-    pool = _read_json(model_path / pooling_dir / "config.json")
-    modes = [k for k, v in pool.items() if k.startswith("pooling_mode") and v is True]
-    known = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
-    mode = known.get(modes[0]) if len(modes) == 1 else None
-    if mode is None:
-        raise OnnxExportError(f"unsupported pooling {modes} in {model_path / pooling_dir}")
-    config = _read_json(model_path / "config.json")
-    st_config = _read_json(model_path / "sentence_bert_config.json")
-    limit = int(config.get("max_position_embeddings", 512))
-    max_len = st_config.get("max_seq_length") or _read_json(model_path / "tokenizer_config.json").get("model_max_length")
-    max_len = int(max_len or limit)
-    dimension = int(pool.get("word_embedding_dimension") or config.get("hidden_size", 0))
-    return Pipeline(max_seq_length=min(max_len, limit), pooling=mode, dimension=dimension)
 
 
 def model_key(model_path: Path) -> str:
@@ -248,8 +196,6 @@ def quantize_int8(source: Path, dest: Path, model_path: Path) -> None:
 def _check(onnx_path: Path, model_path: Path, variant: Variant, model=None) -> None:
     """Refuse an export whose vectors stray from torch's on the probe texts."""
     import torch
-
-    from rag.onnx_embedder import OnnxEncoder, _session  # the runtime side; imported here: it imports this module
 
     encoder = OnnxEncoder(model_path, _session(onnx_path, 1), read_pipeline(model_path))
     got = encoder.encode(list(PROBE_TEXTS), batch_size=len(PROBE_TEXTS))
