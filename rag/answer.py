@@ -21,8 +21,8 @@ from rag.citations import check_answer
 from rag.config import Settings
 from rag.context import build_context, ensure_question_fits
 from rag.errors import ModelError, QuestionError
-from rag.gate import default_gate
 from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
+from rag.gate import default_gate
 from rag.inputs import InvalidText, clean_text, passages_k, question_text
 from rag.listing import NamedFilter, list_answer, qualifying_papers
 from rag.prompts import NOT_IN_CORPUS, Prompts
