@@ -212,7 +212,7 @@ class Store:
     def ensure_search_breadth(self) -> None:
         """Give an index written before ef_search was set (or with another value) this store's HNSW search breadth;
         a writer's job (readers never modify the collection)."""
-        hnsw = (self.collection().configuration or {}).get("hnsw") or {}
+        hnsw = (self.collection().configuration_json or {}).get("hnsw") or {}
         if hnsw.get("ef_search") != self.ef_search:
             logger.info("HNSW search breadth: ef_search %s -> %d", hnsw.get("ef_search"), self.ef_search)
             self.collection().modify(configuration={"hnsw": {"ef_search": self.ef_search}})
