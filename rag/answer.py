@@ -255,22 +255,28 @@ class Assistant:
     def _list_candidates(
         self, asked: QuestionAnalysis, passages: list[Passage]
     ) -> tuple[list[Passage], NamedFilter | None]:
-        """The candidates of a list question: the search's, plus every paper that mentions a name of the question (or
-        an acronym's expansion, or a capitalised word) which only some papers mention: at least one and at most
-        list_max_papers (a name more papers mention sets none apart). Returns them and the papers that mention every
-        such name (in one of its forms); with no such name, the search's passages and None (the question is then
-        answered like any other, by the model from the top papers)."""
+        """The candidates of a list question, and the papers that qualify: those that mention every name of the
+        question (or an acronym's expansion, or a capitalised word; each in one of its forms) which only some papers
+        mention. A name counts when at least one paper and fewer than a fifth of them (at least list_max_papers)
+        mention it. When at most list_max_papers papers qualify, all of them are candidates, found anywhere in the
+        store; when more do, those among the search's candidates are (the list then says how many there are).
+        With no such name, returns the search's passages and None: the question is answered like any other, by the
+        model from the top papers."""
         most = self.settings.tuning.list_max_papers
-        groups = list_names(asked)
-        found = {group: {p for name in group for p in self.retriever.papers_mentioning(name, most)} for group in groups}
-        telling = {group: papers for group, papers in found.items() if 0 < len(papers) <= most}
+        cap = max(most, self.retriever.paper_count() // 5)  # a name this many papers mention sets none apart
+        found = {
+            group: {p for name in group for p in self.retriever.papers_mentioning(name, cap)} for group in list_names(asked)
+        }
+        telling = {group: papers for group, papers in found.items() if 0 < len(papers) < cap or 0 < len(papers) <= most}
         if not telling:
             return passages, None
         wanted = set.intersection(*telling.values())  # every telling name, in one of its forms
+        names = tuple(n for group in telling for n in group)
+        if len(wanted) > most:  # too many to list: the most relevant of those the search found
+            return passages, NamedFilter(papers=frozenset(wanted), names=names, total=len(wanted))
         known = {p.paper_id for p in passages}
-        extra = sorted(wanted - known)
-        more = self.retriever.paper_passages(extra, asked.text, first_rank=len(passages) + 1)
-        return passages + more, NamedFilter(papers=frozenset(wanted), names=tuple(n for group in telling for n in group))
+        more = self.retriever.paper_passages(sorted(wanted - known), asked.text, first_rank=len(passages) + 1)
+        return passages + more, NamedFilter(papers=frozenset(wanted), names=names, total=len(wanted))
 
     def _list(
         self, asked: QuestionAnalysis, passages: list[Passage], named: NamedFilter, base: dict,
@@ -283,7 +289,7 @@ class Assistant:
             timings.total_s = round(time.perf_counter() - started, 4)
             yield StreamEvent(kind="done", answer=Answer(answer=NOT_IN_CORPUS, abstained=True, timings=timings, **base))
             return
-        lines, citations = list_answer(listed)
+        lines, citations = list_answer(listed, named)
         for line in lines:
             if timings.first_token_s is None:
                 timings.first_token_s = round(time.perf_counter() - started, 4)

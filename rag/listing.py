@@ -30,6 +30,7 @@ class NamedFilter:
 
     papers: frozenset[str]
     names: tuple[str, ...]
+    total: int = 0  # how many papers mention them (more than a list shows: the most relevant are listed)
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,13 @@ def qualifying_papers(
     return scored[: tuning.list_max_papers]
 
 
-def list_answer(listed: Sequence[ListedPaper]) -> tuple[list[str], list[Citation]]:
+def list_answer(listed: Sequence[ListedPaper], named: NamedFilter | None = None) -> tuple[list[str], list[Citation]]:
     """The answer's lines (a heading, then one cited line per paper) and their citations."""
-    lines = [f"{len(listed)} papers in the corpus match:" if len(listed) > 1 else "One paper in the corpus matches:"]
+    if named is not None and named.total > len(listed):
+        heading = f"{named.total} papers mention {' / '.join(named.names)}; the {len(listed)} most relevant:"
+    else:
+        heading = f"{len(listed)} papers in the corpus match:" if len(listed) > 1 else "One paper in the corpus matches:"
+    lines = [heading]
     citations = []
     for n, paper in enumerate(listed, start=1):
         text = " ".join(paper.quoted or (paper.sentence,))

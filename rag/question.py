@@ -46,8 +46,8 @@ class QuestionAnalysis:
 def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
     """What a list question requires its papers to mention, each as one or more interchangeable forms: its names
     (GPT-2), capitalised phrases (Massive Text Embedding Benchmark, Korean), and an acronym with what it stands
-    for (MoE, mixture-of-experts). Names given as examples ("models such as CLIP") are not required."""
-    markers = alternation(words().example_markers)
+    for (MoE, mixture-of-experts). Names given as examples or contrasts ("such as CLIP", "instead of GPT-4") are not required."""
+    markers = alternation(words().unrequired_markers)
     text = re.sub(rf"\b(?:{markers})(?:\s|$)[^,.;:?!()]*", " ", question.text, flags=re.IGNORECASE)
     expansions = dict(question.aliases)
     runs = [capitalised_head(m.group(1)) for m in _CAPITALISED_RUN.finditer(text.strip())]

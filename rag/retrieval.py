@@ -109,7 +109,7 @@ class Retriever:
     def papers_mentioning(self, name: str, max_papers: int) -> list[str]:
         """The papers whose text mentions a name (see rag.text.name_pattern); more than max_papers means "many"."""
         store, _ = self._index()
-        return store.papers_matching(name_pattern(name), max_chunks=4 * max_papers)
+        return store.papers_matching(name_pattern(name), max_chunks=4 * max_papers)[:max_papers]
 
     def paper_passages(self, paper_ids: Sequence[str], query: str, first_rank: int) -> list[Passage]:
         """Passages (each paper's first chunk, its similarity to the query) for papers the search did not rank:

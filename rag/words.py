@@ -42,7 +42,7 @@ class Words:
     list_openers: tuple[str, ...]
     list_nouns: tuple[str, ...]
     list_nouns_next: tuple[str, ...]
-    example_markers: tuple[str, ...]
+    unrequired_markers: tuple[str, ...]
     asked_kinds: tuple[str, ...]
     introducing_verbs: tuple[str, ...]
     naming_phrases: tuple[str, ...]

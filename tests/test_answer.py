@@ -185,6 +185,20 @@ def test_a_list_question_naming_something_lists_every_paper_that_mentions_it(ing
     assert_citations_verbatim(answer, CORPUS)
 
 
+def test_a_list_question_naming_something_many_papers_mention_lists_the_most_relevant_and_says_how_many(
+    ingested_settings, retriever
+):
+    """More papers mention GPT-4 than a list shows (10): the answer says how many, and lists the most relevant of
+    those the search found, each quoted where it names GPT-4."""
+    assistant = Assistant(ingested_settings, retriever=retriever, llm=ForbiddenLLM())
+    answer = assistant.ask("Which papers compare open models against GPT-4 as a judge of answers?")
+    heading = answer.answer.splitlines()[0]
+    assert heading.startswith(("11 papers", "12 papers", "13 papers", "14 papers")) and "mention GPT-4" in heading, heading
+    assert 1 <= len(answer.citations) <= ingested_settings.tuning.list_max_papers
+    assert all("gpt-4" in c.quote.lower() for c in answer.citations), [c.quote for c in answer.citations]
+    assert_citations_verbatim(answer, CORPUS)
+
+
 def test_a_list_question_about_nothing_in_the_corpus_abstains(ingested_settings, retriever):
     assistant = Assistant(ingested_settings, retriever=retriever, llm=ForbiddenLLM())
     answer = assistant.ask("Which papers describe recipes for baking sourdough bread at home?")
