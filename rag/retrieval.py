@@ -145,14 +145,16 @@ class Retriever:
             logger.warning("dense search failed (%s): ranking by BM25 alone for this question", e)
             return []
 
-    def search(self, query: str, k: int | None = None, max_chars: int | None = None) -> list[Passage]:
+    def search(
+        self, query: str, k: int | None = None, max_chars: int | None = None, vector: np.ndarray | None = None
+    ) -> list[Passage]:
         """The k best papers for the query, best first (a query longer than max_chars, by default the settings'
-        question limit, is refused)."""
+        question limit, is refused). `vector` replaces the query's embedding in the dense search (experiments)."""
         cfg = self.settings.retrieval
         query = question_text(query, max_chars or self.settings.answer.max_question_chars, what="the query")
         k = passages_k(k) or cfg.k
         store, lexical = self._index()
-        query_vector = self.embedder.embed([query])[0]
+        query_vector = self.embedder.embed([query])[0] if vector is None else np.asarray(vector, dtype=np.float32)
         n = max(cfg.candidates, k * 3)
         dense = self._dense_ranking(store, query_vector, n)
         lexical_hits = lexical.search(query, n)
