@@ -1,6 +1,6 @@
 """The embedder: a sentence-transformers model loaded lazily, by path, offline, run by torch or onnxruntime.
 
-EmbeddingSettings.backend picks what runs it; rag.onnx_embedder holds the onnxruntime side (export, cache, inference).
+EmbeddingSettings.backend picks what runs it; the onnxruntime side is rag.onnx_embedder (cache, loading), rag.onnx_export (export) and rag.onnx_runtime (inference).
 """
 
 from __future__ import annotations
