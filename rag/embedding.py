@@ -1,6 +1,7 @@
 """The embedder: a sentence-transformers model loaded lazily, by path, offline, run by torch or onnxruntime.
 
-EmbeddingSettings.backend picks what runs it; the onnxruntime side is rag.onnx_embedder (cache, loading), rag.onnx_export (export) and rag.onnx_runtime (inference).
+EmbeddingSettings.backend picks what runs it; the onnxruntime side is rag.onnx_embedder (cache, loading),
+rag.onnx_export (export) and rag.onnx_runtime (inference).
 """
 
 from __future__ import annotations
