@@ -9,12 +9,53 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rag.question import QuestionAnalysis, as_analysis
 from rag.sentences import split_sentences
 from rag.text import STANDALONE_NUMBER, has_number, mentions, name_in, terms
 from rag.types import Passage
 from rag.words import words
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What the top passages say about the question's names, asked-for phrase and count, read once for both the
+    rules (unanswerable_reason) and the fitted gate's signals (gate_signals)."""
+
+    missing_names: list[str]  # names of the question absent from the top three passages
+    any_number: bool  # the top two passages give some number
+    names_its_paper: bool  # the best passage holds a name or capitalised word of the question
+    missing_heads: list[str]  # heads of the asked-for phrases that the papers it is about never mention
+    coverage: float  # the best share of the asked-for words one of those papers mentions (1 with no phrase)
+    counted: bool  # for "how many": a number stands next to the counted thing in those papers
+
+
+def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidence:
+    texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
+    names = list(question.names)
+    joined = " ".join(texts).lower()
+    # The papers the question is about: the best one, plus those naming every name of the question.
+    about = [0] + [i for i in range(1, len(texts)) if names and all(name_in(n, texts[i].lower()) for n in names)]
+    if not names:
+        about = list(range(min(2, len(texts))))
+    paper_terms = [terms(texts[i]) for i in about]
+    heads = [p[-1] for p in question.phrases]
+    asked = [w for p in question.phrases for w in p]
+    counted = True
+    if question.wh == "how many":
+        # "How many NL-to-TL pairs ...": any word of the counted phrase, up to its verb, may be the one counted.
+        counted_words = list(question.counted) or heads
+        sentences = [s for i in about for s in split_sentences(ranked[i].text)]
+        counted = not counted_words or any(_counts(s, counted_words) for s in sentences)
+    return _Evidence(
+        missing_names=[n for n in names if not name_in(n, joined)],
+        any_number=any(has_number(s) for p in ranked[:2] for s in split_sentences(p.text)),
+        names_its_paper=_names_its_paper(question, texts[0]),
+        missing_heads=[h for h in heads if not any(mentions(h, t) for t in paper_terms)],
+        coverage=max(sum(mentions(w, t) for w in asked) / len(asked) for t in paper_terms) if asked else 1.0,
+        counted=counted,
+    )
 
 
 def unanswerable_reason(question: QuestionAnalysis | str, passages: Sequence[Passage]) -> str | None:
@@ -24,38 +65,24 @@ def unanswerable_reason(question: QuestionAnalysis | str, passages: Sequence[Pas
     ranked = sorted(passages, key=lambda p: p.rank)
     if not ranked:
         return "no passages"
-    texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
-    names = list(question.names)
-    joined = " ".join(texts).lower()
-    missing = [n for n in names if not name_in(n, joined)]
-    if missing:
-        return f"not mentioned in the passages: {', '.join(missing)}"
-    wh, phrases = question.wh, question.phrases
-    if wh == "how many" and not any(has_number(s) for p in ranked[:2] for s in split_sentences(p.text)):
+    return _reason(question, _evidence(question, ranked))
+
+
+def _reason(question: QuestionAnalysis, evidence: _Evidence) -> str | None:
+    if evidence.missing_names:
+        return f"not mentioned in the passages: {', '.join(evidence.missing_names)}"
+    if question.wh == "how many" and not evidence.any_number:
         return "no passage gives any number"  # whatever the question calls the counted thing
-    if not phrases or not _names_its_paper(question, texts[0]):
+    if not question.phrases or not evidence.names_its_paper:
         # A question that does not name its paper may paraphrase the abstract's words: an asked-for word the
         # passages lack is then no evidence that the answer is missing.
         return None
-    # The papers the question is about: the best one, plus those naming every name of the question.
-    about = [0] + [i for i in range(1, len(texts)) if names and all(name_in(n, texts[i].lower()) for n in names)]
-    if not names:
-        about = list(range(min(2, len(texts))))
-    paper_terms = [terms(texts[i]) for i in about]
-    heads = [p[-1] for p in phrases]
-    for head in heads:
-        if not any(mentions(head, t) for t in paper_terms):
-            return f"the passages never mention {head!r}"
-    asked = [w for p in phrases for w in p]
-    coverage = max(sum(mentions(w, t) for w in asked) / len(asked) for t in paper_terms)
-    if coverage < 0.5:
-        return f"the passages barely mention {' '.join(asked)!r}"
-    if wh == "how many":
-        # "How many NL-to-TL pairs ...": any word of the counted phrase, up to its verb, may be the one counted.
-        counted = list(question.counted) or heads
-        sentences = [s for i in about for s in split_sentences(ranked[i].text)]
-        if not any(_counts(s, counted) for s in sentences):
-            return f"no passage gives a number of {heads[-1]!r}"
+    if evidence.missing_heads:
+        return f"the passages never mention {evidence.missing_heads[0]!r}"
+    if evidence.coverage < 0.5:
+        return f"the passages barely mention {' '.join(w for p in question.phrases for w in p)!r}"
+    if not evidence.counted:
+        return f"no passage gives a number of {question.phrases[-1][-1]!r}"
     return None
 
 
@@ -105,30 +132,20 @@ def gate_signals(question: QuestionAnalysis | str, passages: Sequence[Passage]) 
     signals = dict.fromkeys(SIGNALS, 0.0)
     if not ranked:
         return {**signals, "names_missing": 1.0, "head_missing": 1.0, "rule_refuses": 1.0}
-    texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
-    names = list(question.names)
+    evidence = _evidence(question, ranked)
     sims = sorted((p.similarity for p in ranked), reverse=True)
+    names = question.names
     signals["similarity"] = sims[0]
     signals["similarity_gap"] = sims[0] - sims[1] if len(sims) > 1 else sims[0]
-    top_terms = terms(texts[0])
+    top_terms = terms(f"{ranked[0].title or ''} {ranked[0].text}")
     signals["term_share"] = len(question.terms & top_terms) / len(question.terms) if question.terms else 0.0
-    joined = " ".join(texts).lower()
     signals["has_names"] = float(bool(names))
-    signals["names_missing"] = sum(not name_in(n, joined) for n in names) / len(names) if names else 0.0
-    signals["names_its_paper"] = float(_names_its_paper(question, texts[0]))
-    if question.phrases:
-        about = [0] + [i for i in range(1, len(texts)) if names and all(name_in(n, texts[i].lower()) for n in names)]
-        paper_terms = [terms(texts[i]) for i in about]
-        heads = [p[-1] for p in question.phrases]
-        signals["head_missing"] = float(any(not any(mentions(h, t) for t in paper_terms) for h in heads))
-        asked = [w for p in question.phrases for w in p]
-        signals["asked_coverage"] = max(sum(mentions(w, t) for w in asked) / len(asked) for t in paper_terms)
-    else:
-        signals["asked_coverage"] = 1.0
+    signals["names_missing"] = len(evidence.missing_names) / len(names) if names else 0.0
+    signals["names_its_paper"] = float(evidence.names_its_paper)
+    signals["head_missing"] = float(bool(evidence.missing_heads))
+    signals["asked_coverage"] = evidence.coverage
     if question.wh == "how many":
-        signals["no_number"] = float(not any(has_number(s) for p in ranked[:2] for s in split_sentences(p.text)))
-        counted = list(question.counted) or [p[-1] for p in question.phrases]
-        sentences = [s for p in ranked[:2] for s in split_sentences(p.text)]
-        signals["count_missing"] = float(bool(counted) and not any(_counts(s, counted) for s in sentences))
-    signals["rule_refuses"] = float(unanswerable_reason(question, passages) is not None)
+        signals["no_number"] = float(not evidence.any_number)
+        signals["count_missing"] = float(not evidence.counted)
+    signals["rule_refuses"] = float(_reason(question, evidence) is not None)
     return signals
