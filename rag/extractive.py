@@ -10,7 +10,7 @@ contribution, and a question holding a specific name or number the sentence that
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from rag.context import Context
 from rag.question import QuestionAnalysis, as_analysis
@@ -92,6 +92,20 @@ def _names_contribution(sentence: str, title: str | None, kind: str | None = Non
     return _naming_strength(sentence, title) > 0
 
 
+def figure_sentence(
+    sentences: Sequence[str], ranked: Sequence[int], chosen: Collection[int], question: QuestionAnalysis
+) -> int | None:
+    """When none of the chosen sentences gives a figure the question does not already hold, the most relevant
+    other one (in `ranked` order) that gives one about something asked."""
+    if any(figures(sentences[i]) - question.numbers for i in chosen):
+        return None
+    return next(
+        (i for i in ranked
+         if i not in chosen and figures(sentences[i]) - question.numbers and question.terms & terms(sentences[i])),
+        None,
+    )
+
+
 def naming_sentence(sentences: Sequence[str], title: str | None) -> int | None:
     """The sentence where a paper introduces its contribution by a coined name ("we propose MIGU (...)"), the
     clearest first, if it has one."""
@@ -116,7 +130,6 @@ def grounded_fallback(
     asks_for_a_name = multi or question.wants_work
     kind = question.kind
     figure_asked = question.wants_figure
-    question_numbers = question.numbers
     anchors = question.names
     parts = []
     for paper in chosen_papers:
@@ -128,12 +141,9 @@ def grounded_fallback(
         if not any(new_facts(paper.sentences[i], question) for i in chosen):
             bearing = [i for i in ranked[sentences:] if paper.scores[i] >= top - 0.25 and new_facts(paper.sentences[i], question)]
             chosen = chosen[:1] + bearing[:1] if bearing else chosen
-        if figure_asked and not any(figures(paper.sentences[i]) - question_numbers for i in chosen):
-            # "How large / how many ...?": the most relevant sentence that gives a figure about something asked.
-            asked = question.terms
-            giving = [i for i in ranked if i not in chosen and figures(paper.sentences[i]) - question_numbers
-                       and asked & terms(paper.sentences[i])]
-            chosen = chosen + giving[:1]
+        extra = figure_sentence(paper.sentences, ranked, chosen, question) if figure_asked else None
+        if extra is not None:  # "How large / how many ...?"
+            chosen = chosen + [extra]
         if asks_for_a_name and not any(_names_contribution(paper.sentences[i], paper.title, kind) for i in chosen):
             # "What method/dataset ...?", "Is there work on ...?": quote the sentence where the paper names what it
             # contributes, preferring one that introduces the kind of thing asked for ("dataset") and then one that

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from rag.config import TuningSettings
 from rag.context import paper_texts
-from rag.extractive import naming_sentence
+from rag.extractive import figure_sentence, naming_sentence
 from rag.question import QuestionAnalysis
-from rag.scoring import SentenceScorer
-from rag.text import figures, name_pattern, overlap, terms
+from rag.scoring import SentenceScorer, relevance
+from rag.text import name_pattern
 from rag.types import Citation, Passage
 
 
@@ -39,8 +39,8 @@ class ListedPaper:
     sentence: str  # the sentence that makes it qualify (the citation's quote)
     score: float  # that sentence's score for the question
     cosine: float
-    quoted: tuple[str, ...] = ()  # what the answer quotes, in abstract order: `sentence`, the next best, and where
-    # the paper names its contribution ("we introduce MIGU (...)") when neither does
+    quoted: tuple[str, ...]  # what the answer quotes, in abstract order: `sentence`, the next best, where the paper
+    # names its contribution ("we introduce MIGU (...)") when neither does, and a figure when one is asked
 
     @property
     def label(self) -> str:
@@ -62,7 +62,7 @@ def qualifying_papers(
         if not sentences or passage.paper_id not in named.papers:
             continue
         cosines = scorer.similarity([question.text], sentences)[0]
-        scores = [float(c) + tuning.lexical_weight * overlap(question.terms, terms(s)) for c, s in zip(cosines, sentences)]
+        scores = relevance(question, sentences, cosines, tuning.lexical_weight)
         order = sorted(range(len(sentences)), key=lambda i: -scores[i])
         order.sort(key=lambda i: not any(p.search(sentences[i]) for p in patterns))  # where it names it, if it does
         best = order[0]
@@ -70,10 +70,9 @@ def qualifying_papers(
         naming = naming_sentence(sentences, passage.title)
         if naming is not None and naming_sentence([sentences[i] for i in chosen], passage.title) is None:
             chosen.add(naming)
-        if question.wants_figure and not any(figures(sentences[i]) - question.numbers for i in chosen):
-            # "Which papers ..., and how many ...?": also the best sentence that gives a figure about something asked
-            giving = [i for i in order if figures(sentences[i]) - question.numbers and question.terms & terms(sentences[i])]
-            chosen.update(giving[:1])
+        extra = figure_sentence(sentences, order, chosen, question) if question.wants_figure else None
+        if extra is not None:  # "Which papers ..., and how many ...?"
+            chosen.add(extra)
         scored.append(ListedPaper(
             passage=passage, sentence=sentences[best], score=max(scores), cosine=float(cosines[best]),
             quoted=tuple(sentences[i] for i in sorted(chosen)),
@@ -91,7 +90,7 @@ def list_answer(listed: Sequence[ListedPaper], named: NamedFilter | None = None)
     lines = [heading]
     citations = []
     for n, paper in enumerate(listed, start=1):
-        text = " ".join(paper.quoted or (paper.sentence,))
+        text = " ".join(paper.quoted)
         end = re.search(r"[.!?…]+$", text)
         body, stop = (text[: end.start()], end.group(0)) if end else (text, ".")
         lines.append(f"- {paper.label} [{n}]: {body}{stop}")

@@ -159,5 +159,11 @@ def score_sentences(
     lexical_weight = TuningSettings().lexical_weight if lexical_weight is None else lexical_weight
     if not sentences:
         return []
-    cosine = scorer.similarity([question.text], list(sentences))[0]
-    return [float(c) + lexical_weight * overlap(question.terms, terms(s)) for c, s in zip(cosine, sentences)]
+    return relevance(question, sentences, scorer.similarity([question.text], list(sentences))[0], lexical_weight)
+
+
+def relevance(
+    question: QuestionAnalysis, sentences: Sequence[str], cosines: Sequence[float], lexical_weight: float
+) -> list[float]:
+    """Each sentence's score from its cosine to the question: plus lexical_weight times the question's term share."""
+    return [float(c) + lexical_weight * overlap(question.terms, terms(s)) for c, s in zip(cosines, sentences)]
