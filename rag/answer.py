@@ -32,6 +32,8 @@ from rag.sentences import split_sentences
 from rag.types import Answer, ChatTurn, ModelInfo, Passage, StreamEvent, Timings
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from rag.retrieval import Retriever
 
 logger = logging.getLogger(__name__)
@@ -173,12 +175,15 @@ class Assistant:
         yield StreamEvent(kind="query", text=standalone)
 
         k = k or cfg.retrieval.k
-        named: NamedFilter | None = None
-        if cfg.answer.list_answers and asked.wants_list:  # "Which papers ...": k is a floor for a list, not a cap
-            wide = self.retriever.search(standalone, k=max(k, cfg.answer.list_candidates), max_chars=cfg.answer.max_question_chars)
-            passages, named = self._list_candidates(asked, wide)
+        named = self._named_filter(asked) if cfg.answer.list_answers and asked.wants_list else None
         listing = named is not None
-        if not listing:
+        if named is not None:  # "Which papers ...": k is a floor for a list, not a cap
+            vector = self.retriever.embedder.embed([standalone])[0]
+            wide = self.retriever.search(
+                standalone, k=max(k, cfg.answer.list_candidates), max_chars=cfg.answer.max_question_chars, vector=vector
+            )
+            passages = wide + self._mentioning_passages(named, wide, vector)
+        else:
             passages = self.retriever.search(standalone, k=k, max_chars=cfg.answer.max_question_chars)
         timings = Timings(retrieve_s=round(time.perf_counter() - started, 4))
         yield StreamEvent(kind="passages", passages=passages)
@@ -252,16 +257,11 @@ class Assistant:
         )
         yield StreamEvent(kind="done", answer=answer)
 
-    def _list_candidates(
-        self, asked: QuestionAnalysis, passages: list[Passage]
-    ) -> tuple[list[Passage], NamedFilter | None]:
-        """The candidates of a list question, and the papers that qualify: those that mention every name of the
-        question (or an acronym's expansion, or a capitalised word; each in one of its forms) which only some papers
-        mention. A name counts when at least one paper and fewer than a fifth of them (at least list_max_papers)
-        mention it. When at most list_max_papers papers qualify, all of them are candidates, found anywhere in the
-        store; when more do, those among the search's candidates are (the list then says how many there are).
-        With no such name, returns the search's passages and None: the question is answered like any other, by the
-        model from the top papers."""
+    def _named_filter(self, asked: QuestionAnalysis) -> NamedFilter | None:
+        """The papers that qualify for a list question: those that mention every name of the question (or an
+        acronym's expansion, or a capitalised word; each in one of its forms) which only some papers mention. A
+        name counts when at least one paper and fewer than a fifth of them (at least list_max_papers) mention it.
+        With no such name, None: the question is answered like any other, by the model from the top papers."""
         most = self.settings.tuning.list_max_papers
         cap = max(most, self.retriever.paper_count() // 5)  # a name this many papers mention sets none apart
         found = {
@@ -269,14 +269,19 @@ class Assistant:
         }
         telling = {group: papers for group, papers in found.items() if 0 < len(papers) < cap or 0 < len(papers) <= most}
         if not telling:
-            return passages, None
+            return None
         wanted = set.intersection(*telling.values())  # every telling name, in one of its forms
         names = tuple(n for group in telling for n in group)
-        if len(wanted) > most:  # too many to list: the most relevant of those the search found
-            return passages, NamedFilter(papers=frozenset(wanted), names=names, total=len(wanted))
+        return NamedFilter(papers=frozenset(wanted), names=names, total=len(wanted))
+
+    def _mentioning_passages(self, named: NamedFilter, passages: list[Passage], vector: np.ndarray) -> list[Passage]:
+        """The qualifying papers the search did not find, when all of them can be listed (at most list_max_papers):
+        found anywhere in the store. When more qualify, the list shows the most relevant of those the search
+        found and says how many there are."""
+        if named.total > self.settings.tuning.list_max_papers:
+            return []
         known = {p.paper_id for p in passages}
-        more = self.retriever.paper_passages(sorted(wanted - known), asked.text, first_rank=len(passages) + 1)
-        return passages + more, NamedFilter(papers=frozenset(wanted), names=names, total=len(wanted))
+        return self.retriever.paper_passages(sorted(named.papers - known), vector, first_rank=len(passages) + 1)
 
     def _list(
         self, asked: QuestionAnalysis, passages: list[Passage], named: NamedFilter, base: dict,

@@ -54,7 +54,7 @@ def qualifying_papers(
     tuning: TuningSettings,
     named: NamedFilter,
 ) -> list[ListedPaper]:
-    """The candidate papers that mention the question's telling names (see Assistant._list_candidates), best
+    """The candidate papers that mention the question's telling names (see Assistant._named_filter), best
     first, each quoted where it names one."""
     patterns = [re.compile(name_pattern(n)) for n in named.names]
     scored: list[ListedPaper] = []

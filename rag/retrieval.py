@@ -111,11 +111,10 @@ class Retriever:
         store, _ = self._index()
         return store.papers_matching(name_pattern(name), max_chunks=4 * max_papers)[:max_papers]
 
-    def paper_passages(self, paper_ids: Sequence[str], query: str, first_rank: int) -> list[Passage]:
-        """Passages (each paper's first chunk, its similarity to the query) for papers the search did not rank:
-        a list answer reaches every paper that mentions what the question names."""
+    def paper_passages(self, paper_ids: Sequence[str], vector: np.ndarray, first_rank: int) -> list[Passage]:
+        """Passages (each paper's first chunk, its similarity to the query's `vector`) for papers the search did not
+        rank: a list answer reaches every paper that mentions what the question names."""
         store, _ = self._index()
-        vector = self.embedder.embed([query])[0]
         stored = store.get([f"{paper_id}:0" for paper_id in paper_ids])
         passages: list[Passage] = []
         for paper_id in paper_ids:
