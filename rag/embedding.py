@@ -71,6 +71,7 @@ class Embedder:
         self.settings = settings or EmbeddingSettings()
         self._model: SentenceTransformer | None = None
         self._onnx: OnnxEncoder | None = None
+        self._running: str | None = None  # the backend that runs the model, once loaded
         self._lock = threading.Lock()
 
     @classmethod
@@ -95,21 +96,27 @@ class Embedder:
     def name(self) -> str:
         """Model name recorded on the collection, so that an index built by another embedder is refused.
 
-        torch and fp32 onnx give the same vectors and share the name; int8 gets a suffix of its own.
+        torch and fp32 onnx give the same vectors and share the name; int8 gets a suffix of its own. Under int8 the
+        model is loaded first, because a model that cannot run in int8 runs (and is named) as fp32 instead.
         """
         if self.settings.model_path is None:
             base = DEFAULT_EMBEDDER_NAME
         else:
             path = Path(os.path.abspath(self.path))  # as named: a link to the same weights is another name
             base = path.name if path.name != "model" else path.parent.name
-        return base + NAME_SUFFIX.get(self.settings.backend, "")
+        return base + NAME_SUFFIX.get(self.backend_in_use, "")
 
     @property
     def backend(self) -> str:
-        """What actually runs the model once loaded ('torch' after a fallback from 'onnx'); the setting before."""
-        if self._onnx is not None:
-            return self.settings.backend
-        return "torch" if self._model is not None else self.settings.backend
+        """What actually runs the model once loaded (after a fallback: 'onnx' or 'torch'); the setting before."""
+        return self._running or self.settings.backend
+
+    @property
+    def backend_in_use(self) -> str:
+        """What runs the model, loading it first when that can differ from the setting in what the vectors are."""
+        if self._running is None and self.settings.backend in NAME_SUFFIX:
+            self._load()
+        return self.backend
 
     def _check_folder(self) -> Path:
         force_offline()
@@ -126,25 +133,31 @@ class Embedder:
                     self._onnx = self._load_onnx(path)
                 if self._onnx is None:
                     self._model = self._load_torch(path)
+                    self._running = "torch"
             return self._onnx if self._onnx is not None else self._model
 
     def _load_onnx(self, path: Path) -> OnnxEncoder | None:
-        """The onnxruntime encoder; None (torch takes over, same vectors) if fp32 cannot be had; int8 must be had."""
+        """The onnxruntime encoder of the setting's variant, else fp32 onnx, else None (torch takes over).
+
+        A fallback from int8 changes the vectors, so the embedder's name changes with it (to the fp32 name): an
+        index is never written or read with vectors of two kinds."""
         from rag.onnx_embedder import OnnxEncoder
 
-        variant = "int8" if self.settings.backend == "onnx-int8" else "fp32"
-        try:
-            return OnnxEncoder.load(path, self.cache_dir, variant, threads=available_cores())
-        except Exception as e:  # noqa: BLE001 - any export or load failure is one decision below
-            if variant == "int8":  # torch's vectors under the int8 name would mix two embedders in one index
-                raise EmbeddingError(
-                    f"cannot run the embedder at {path} with onnxruntime int8 ({type(e).__name__}: {e}): "
-                    f"set RAG_EMBEDDING__BACKEND=onnx or torch (and run `rag ingest --rebuild`)"
-                ) from e
-            logger.warning(
-                "onnx embedder unavailable (%s: %s); falling back to torch (same vectors, slower)", type(e).__name__, e
-            )
-            return None
+        variants = ["int8", "fp32"] if self.settings.backend == "onnx-int8" else ["fp32"]
+        for variant in variants:
+            try:
+                encoder = OnnxEncoder.load(path, self.cache_dir, variant, threads=available_cores())
+            except Exception as e:  # noqa: BLE001 - any export or load failure is one decision below
+                fallback = "onnx fp32" if variant == "int8" else "torch"
+                logger.warning(
+                    "the onnx %s embedder is unavailable (%s: %s); falling back to %s%s", variant, type(e).__name__, e,
+                    fallback, " (vectors of the fp32 model: an int8 index needs `rag ingest --rebuild`)"
+                    if variant == "int8" else " (same vectors, slower)",
+                )
+                continue
+            self._running = "onnx-int8" if variant == "int8" else "onnx"
+            return encoder
+        return None
 
     def _load_torch(self, path: Path) -> SentenceTransformer:
         from sentence_transformers import SentenceTransformer

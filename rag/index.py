@@ -28,16 +28,23 @@ def index_fingerprint(content_hashes: dict[str, str], embedder: str, chunking: s
     return digest.hexdigest()[:16]
 
 
-def check_compatible(store: Store, embedder_name: str, chunking: str) -> None:
-    """Refuse an index built by another embedder or chunking: mixing vectors would silently rank garbage."""
+def incompatibility(store: Store, embedder_name: str, chunking: str) -> str | None:
+    """What makes an existing index unusable with these settings (another embedder or chunking), or None."""
     meta = store.metadata
     built_with = (meta.get(META_EMBEDDER), meta.get(META_CHUNKING))
-    if built_with != (embedder_name, chunking):
-        raise IndexError_(
-            f"the index in the {store.location} was built with embedder {built_with[0]!r} and chunking "
-            f"{built_with[1]!r}, but the settings ask for {embedder_name!r} and {chunking!r}: "
-            "run `rag ingest --rebuild` to rebuild it"
-        )
+    if built_with == (embedder_name, chunking):
+        return None
+    return (
+        f"the index in the {store.location} was built with embedder {built_with[0]!r} and chunking "
+        f"{built_with[1]!r}, but the settings ask for {embedder_name!r} and {chunking!r}"
+    )
+
+
+def check_compatible(store: Store, embedder_name: str, chunking: str) -> None:
+    """Refuse an index built by another embedder or chunking: mixing vectors would silently rank garbage."""
+    reason = incompatibility(store, embedder_name, chunking)
+    if reason is not None:
+        raise IndexError_(f"{reason}: run `rag ingest` to rebuild it")
 
 
 def open_index(settings: Settings, embedder: Embedder | None = None) -> Store:

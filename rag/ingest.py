@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from rag.config import Settings
 from rag.corpus import CorpusLoad, load_corpus
 from rag.datadir import writer_lock
 from rag.embedding import Embedder
-from rag.index import check_compatible, index_fingerprint
+from rag.index import check_compatible, incompatibility, index_fingerprint
 from rag.lexical import LEXICAL_DIR, LexicalIndex, index_text
 from rag.store import (
     META_CHUNKING,
@@ -68,17 +69,27 @@ def ingest(
 ) -> IngestSummary:
     """Bring the index in line with the corpus; one writer at a time per data dir (others wait their turn).
 
-    A rebuild is written into a collection of its own and swapped in when complete: readers keep the old index
-    until then, and an interrupted rebuild leaves it as it was.
+    A rebuild (asked for, or needed because the embedder or chunking changed) is written into a collection of its
+    own and swapped in when complete: readers keep the old index until then, an interrupted rebuild leaves it as
+    it was, and the next rebuild resumes it without re-embedding what it wrote.
     """
     started = time.perf_counter()
     corpus = load_corpus(list(paths) if paths else settings.corpus_paths)  # raises before any write
     embedder = embedder or Embedder.for_settings(settings)
     with writer_lock(settings.data_dir):
+        name, signature = embedder.name, chunking_signature(settings.chunking)
+        current = Store.for_settings(settings)
+        reason = current.exists() and incompatibility(current, name, signature)
+        if reason and not rebuild:  # new settings (or a new default embedder): re-embed all, the old index serving meanwhile
+            logger.warning("%s: rebuilding it; the old index serves until the new one is complete", reason)
+            rebuild = True
         leftover = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX)
-        if leftover.exists():  # an interrupted rebuild: never half-visible, started afresh when asked again
-            logger.info("dropping the unfinished rebuild %s", leftover.collection_name)
-            leftover.delete_collection()
+        if leftover.exists():  # an interrupted rebuild, never visible: resumed by a rebuild with its settings, else dropped
+            if rebuild and not incompatibility(leftover, name, signature):
+                logger.info("resuming the unfinished rebuild %s", leftover.collection_name)
+            else:
+                logger.info("dropping the unfinished rebuild %s", leftover.collection_name)
+                leftover.delete_collection()
         store = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX if rebuild else None)
         summary, chunks = _sync(store, corpus, embedder, settings, progress)
         if rebuild:
@@ -131,7 +142,7 @@ def _sync(
         store.update_metadata(**{META_STATE: "writing"})
         if to_update:
             store.update_metadatas([c.chunk_id for c in to_update], [_metadata(c, papers, hashes) for c in to_update])
-        _write(store, embedder, to_embed, papers, hashes, settings.embedding.batch_size, progress)
+        _write(store, embedder, to_embed, papers, hashes, settings.embedding.ingest_window, progress)
         if to_remove:
             store.delete(to_remove)
     store.update_metadata(
@@ -161,20 +172,32 @@ def _write(
     chunks: list[Chunk],
     papers: dict[str, Paper],
     hashes: dict[str, tuple[str, str]],
-    batch_size: int,
+    window: int,
     progress: bool,
 ) -> None:
-    """Embed and upsert in batches, so an interruption keeps every finished batch."""
+    """Embed and upsert in windows, so an interruption keeps every finished window.
+
+    Each window is embedded in one call (which sorts its texts by length, so batches pad little) while the window
+    before it is written to Chroma in a second thread; at most one write is in flight, and an interruption lets it
+    finish before it propagates."""
     if not chunks:
         return
-    step = max(1, min(batch_size * 4, store.max_batch_size))
-    with tqdm(total=len(chunks), desc="embedding", unit="chunk", disable=not progress, leave=False) as bar:
+    step = max(1, min(window, store.max_batch_size))
+    with (
+        tqdm(total=len(chunks), desc="embedding", unit="chunk", disable=not progress, leave=False) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-ingest-write") as writer,
+    ):
+        pending: Future | None = None
         for start in range(0, len(chunks), step):
             batch = chunks[start : start + step]
             vectors = embedder.embed([c.embed_text for c in batch])
             metadatas = [_metadata(c, papers, hashes) for c in batch]
-            store.upsert([c.chunk_id for c in batch], vectors, [c.text for c in batch], metadatas)
-            bar.update(len(batch))
+            if pending is not None:
+                pending.result()  # a failed write stops the run here, with its own error
+            pending = writer.submit(store.upsert, [c.chunk_id for c in batch], vectors, [c.text for c in batch], metadatas)
+            pending.add_done_callback(lambda _, n=len(batch): bar.update(n))
+        if pending is not None:
+            pending.result()
 
 
 def _metadata(chunk: Chunk, papers: dict[str, Paper], hashes: dict[str, tuple[str, str]]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def test_bundled_corpus_summary_and_index(ingested_settings: Settings):
     status = index_status(ingested_settings)
     assert status.papers == 150
     assert status.chunks >= 150
-    assert status.embedder == "sentence-transformers/all-MiniLM-L6-v2"
+    assert status.embedder == "sentence-transformers/all-MiniLM-L6-v2#onnx-int8"  # the default backend
     assert status.last_ingest
     store = open_index(ingested_settings)
     meta = store.collection().configuration_json["hnsw"]
@@ -86,25 +87,52 @@ def test_removed_paper_leaves_the_index(settings: Settings, small_corpus: Path, 
     assert all(removed_text[len("Abstract:"):][:80] not in p.text for p in passages)
 
 
-def test_embedder_mismatch_needs_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder, tmp_path: Path):
+def test_another_embedder_is_refused_by_readers_and_rebuilt_by_the_next_ingest(
+    settings: Settings, small_corpus: Path, embedder: Embedder, tmp_path: Path, caplog
+):
     ingest(settings, [small_corpus], embedder=embedder)
     other_folder = tmp_path / "other-embedder"
     other_folder.symlink_to(embedder.path, target_is_directory=True)
     other = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"model_path": other_folder})})
-    with pytest.raises(IndexError_, match="--rebuild"):
-        ingest(other, [small_corpus])
-    with pytest.raises(IndexError_, match="--rebuild"):
+    with pytest.raises(IndexError_, match="run `rag ingest` to rebuild"):
         Retriever(other).search("anything")
-    summary = ingest(other, [small_corpus], rebuild=True)
+    with caplog.at_level(logging.WARNING):
+        summary = ingest(other, [small_corpus])
+    assert "rebuilding it" in caplog.text
     assert summary.chunks_added > 0 and summary.chunks_unchanged == 0
-    assert index_status(other).embedder == "other-embedder"
+    assert index_status(other).embedder.startswith("other-embedder")
+    assert Retriever(other).search("Korean benchmark", k=1)
 
 
-def test_chunking_change_needs_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder):
+def test_a_chunking_change_is_refused_by_readers_and_rebuilt_by_the_next_ingest(
+    settings: Settings, small_corpus: Path, embedder: Embedder
+):
     ingest(settings, [small_corpus], embedder=embedder)
     other = settings.model_copy(update={"chunking": settings.chunking.model_copy(update={"max_words": 60})})
     with pytest.raises(IndexError_, match="chunking"):
-        ingest(other, [small_corpus], embedder=embedder)
+        open_index(other, embedder)
+    summary = ingest(other, [small_corpus], embedder=embedder)
+    assert summary.chunks_added > 0 and summary.chunks_unchanged == 0
+    assert open_index(other, embedder).metadata[META_STATE] == "complete"
+
+
+def test_an_interrupted_rebuild_is_resumed_by_the_next_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder):
+    class DiesAfterOneWindow(Embedder):
+        calls = 0
+
+        def embed(self, texts):
+            DiesAfterOneWindow.calls += 1
+            if DiesAfterOneWindow.calls > 1:
+                raise KeyboardInterrupt  # as if killed mid-run
+            return embedder.embed(texts)
+
+    ingest(settings, [small_corpus], embedder=embedder)
+    settings = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"ingest_window": 3})})
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings, [small_corpus], rebuild=True, embedder=DiesAfterOneWindow())
+    summary = ingest(settings, [small_corpus], rebuild=True, embedder=embedder)
+    assert summary.chunks_unchanged == 3 and summary.chunks_added > 0  # the finished window is kept
+    assert open_index(settings, embedder).count() == summary.chunks_added + summary.chunks_unchanged
 
 
 def test_interrupted_ingest_is_refused_then_repaired(settings: Settings, small_corpus: Path, embedder: Embedder):
@@ -117,7 +145,7 @@ def test_interrupted_ingest_is_refused_then_repaired(settings: Settings, small_c
                 raise KeyboardInterrupt  # as if killed mid-run
             return embedder.embed(texts)
 
-    settings = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"batch_size": 2})})
+    settings = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"ingest_window": 2})})
     with pytest.raises(KeyboardInterrupt):
         ingest(settings, [small_corpus], embedder=DiesAfterOneBatch())
     with pytest.raises(IndexError_, match="did not finish"):

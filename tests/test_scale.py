@@ -85,7 +85,7 @@ def test_an_ingest_killed_with_9_resumes_to_the_index_of_one_clean_run(tmp_path:
     ingest(clean, [corpus], embedder=embedder)
 
     killed = Settings(data_dir=tmp_path / "killed")
-    env = {**os.environ, "RAG_DATA_DIR": str(killed.data_dir), "RAG_EMBEDDING__BATCH_SIZE": "8"}
+    env = {**os.environ, "RAG_DATA_DIR": str(killed.data_dir), "RAG_EMBEDDING__INGEST_WINDOW": "32"}
     proc = subprocess.Popen([sys.executable, "-m", "rag", "-v", "ingest", str(corpus)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
