@@ -7,7 +7,7 @@ The corpus (JSONL) recombines the bundled corpus's sentences into new abstracts 
 Measured, each in its own subprocess: ingest (wall time, chunks/s, peak RSS) against the raw embedder's texts/s on
 the same chunk texts in the same run; index size on disk; a warm re-ingest (nothing changed); cold start (process
 start to the first `rag search` result); search p50/p95 over 50 questions; time to first token of `rag ask`
-(p50 over 5 questions); peak RSS of a `rag serve` process after 20 questions through /ask. Results are merged
+(p50 over 5 questions), and of the same questions on the bundled corpus (the target's reference); peak RSS of a `rag serve` process after 20 questions through /ask. Results are merged
 into the output file by N, with each figure's target at N = 100k. A script, not a timed test.
 """
 
@@ -44,7 +44,7 @@ TARGETS = {  # at N = 100k
     "cold_start_s": "<= 5",
     "search_p50_ms": "<= 100",
     "warm_reingest_s": "<= 60",
-    "ttft_p50_s": "within 0.1 s of the bundled-corpus figure",
+    "ttft_p50_s": "within 0.1 s of the bundled-corpus figure (ttft_bundled_p50_s: the same questions, same run)",
 }
 SEARCH_QUESTIONS = [
     "retrieval augmented generation for long documents", "Korean language benchmark", "speculative decoding speedup",
@@ -231,8 +231,29 @@ def measure(n: int, seed: int, work: Path) -> dict[str, Any]:
     questions = [f"What does the work on {q} propose?" for q in SEARCH_QUESTIONS[:5]]
     ttft = timed_child(TTFT.format(questions=questions), env)
     result["ttft_p50_s"] = ttft["ttft_p50_s"]
+    # The same questions on the bundled corpus, in this run: the figure the target compares with.
+    bundled = {**env, "RAG_DATA_DIR": str(work / "bundled"), "RAG_EMBEDDING__CACHE_DIR": str(work / "data" / "embedder")}
+    bundled.pop("RAG_CORPUS_PATHS")
+    run_child(rag("ingest", "--json"), log, bundled)
+    result["ttft_bundled_p50_s"] = timed_child(TTFT.format(questions=questions), bundled)["ttft_p50_s"]
     result.update({f"serve_{k}": round(v) for k, v in serve_rss(env, questions).items()})
     return result
+
+
+def against_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each figure with its 100k target and whether it is met (at this N)."""
+    ttft_limit = (result.get("ttft_bundled_p50_s") or 0) + 0.1
+    limits = {
+        "ingest_chunks_per_s": (2 * TODAY_CHUNKS_PER_S, ">="), "pipeline_vs_raw_embedder": (0.8, ">="),
+        "ingest_peak_rss_mb": (2000, "<="), "serve_peak_rss_mb": (2000, "<="), "cold_start_s": (5, "<="),
+        "search_p50_ms": (100, "<="), "warm_reingest_s": (60, "<="), "ttft_p50_s": (round(ttft_limit, 3), "<="),
+    }
+    out = {}
+    for name, (limit, op) in limits.items():
+        value = result.get(name)
+        met = value is not None and (value >= limit if op == ">=" else value <= limit)
+        out[name] = {"value": value, "target": f"{op} {limit}", "met": met}
+    return out
 
 
 def main() -> None:
@@ -253,6 +274,7 @@ def main() -> None:
             if not opts.keep:
                 shutil.rmtree(work, ignore_errors=True)
         result["load_average_before"] = [round(x, 2) for x in load]
+        result["against_targets_at_100k"] = against_targets(result)
         result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report["runs"][str(n)] = result
         report["targets_at_100k"] = TARGETS

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 from rag.answerability import gate_signals, unanswerable_reason
 from rag.chat_model import ChatModel, chat_model
-from rag.citations import check_answer
+from rag.citations import check_answer, cite_quotes
 from rag.config import Settings
 from rag.context import build_context, ensure_question_fits
 from rag.errors import ModelError, QuestionError
-from rag.extractive import adds_to, grounded_fallback, new_facts, papers_answered
+from rag.extractive import adds_to, extractive_quotes, new_facts, papers_answered, quotes_text
 from rag.gate import default_gate
 from rag.inputs import InvalidText, clean_text, passages_k, question_text
 from rag.listing import NamedFilter, list_answer, qualifying_papers
@@ -224,17 +224,15 @@ class Assistant:
         multi = asked.multi
         if not checked.text or not new_facts(checked.text, asked):
             logger.info("the model's answer %r has no supported sentence that adds to the question: quoting", raw[:200])
-            fallback = check_answer(grounded_fallback(context, multi), context, self.scorer)
+            fallback = cite_quotes(extractive_quotes(context, multi), context, self.scorer)
             fallback.unsupported = checked.unsupported
             checked = fallback
         elif not multi and context.papers:
             # A 135M model often paraphrases loosely or picks the wrong figure: when its answer leaves out the names or
             # numbers of the most relevant passage sentence, that sentence is quoted after it, cited.
-            evidence = grounded_fallback(context, multi=False, papers=[context.papers[0].n], sentences=1)
-            if not new_facts(evidence, asked) <= new_facts(checked.text, asked):
-                unsupported = checked.unsupported
-                checked = check_answer(f"{raw}\n{evidence}", context, self.scorer)
-                checked.unsupported = unsupported
+            evidence = extractive_quotes(context, multi=False, papers=[context.papers[0].n], sentences=1)
+            if not new_facts(quotes_text(evidence), asked) <= new_facts(checked.text, asked):
+                checked = cite_quotes(evidence, context, self.scorer, after=checked)
         elif multi:
             # A question about several papers cites each paper of the context: quote the ones the model left out
             # or only cited for a restatement of the question (which is dropped).
@@ -242,9 +240,11 @@ class Assistant:
             missing = [p.n for p in context.papers if p.paper_id not in answered]
             if missing:
                 kept = " ".join(s for s in split_sentences(raw) if adds_to(s, asked))
-                raw = f"{kept}\n{grounded_fallback(context, multi, papers=missing)}"
                 unsupported = checked.unsupported
-                checked = check_answer(raw, context, self.scorer)
+                checked = cite_quotes(
+                    extractive_quotes(context, multi, papers=missing), context, self.scorer,
+                    after=check_answer(kept, context, self.scorer),
+                )
                 checked.unsupported = unsupported
         timings.total_s = round(time.perf_counter() - started, 4)
         answer = Answer(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from rag.config import TuningSettings
 from rag.context import Context, PaperContext
+from rag.extractive import Quote
 from rag.prompts import NOT_IN_CORPUS
 from rag.question import QuestionAnalysis
 from rag.scoring import SentenceScorer
@@ -45,6 +46,8 @@ class CheckedAnswer:
     citations: list[Citation] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
     model_abstained: bool = False
+    support: dict[int, float] = field(default_factory=dict)  # citation n -> support score of its quote
+    claims: set[str] = field(default_factory=set)  # the claims already in the text, lower-cased
 
 
 class SupportChecker:
@@ -172,16 +175,60 @@ def check_answer(raw: str, context: Context, scorer: SentenceScorer) -> CheckedA
                 best_quote[n] = supports[n]
         kept.append(_rewrite(sentence, valid, attached, renumber))
 
-    citations = []
-    for n, new in sorted(renumber.items(), key=lambda item: item[1]):
-        paper, support = papers[n], best_quote[n]
-        citations.append(
-            Citation(
-                n=new, source=paper.source, line=paper.line, paper_id=paper.paper_id, title=paper.title,
-                quote=support.quote, score=round(min(1.0, max(0.0, support.cosine)), 4),
-            )
-        )
-    return CheckedAnswer(text=" ".join(kept), citations=citations, unsupported=unsupported, model_abstained=model_abstained)
+    citations = [_citation(new, papers[n], best_quote[n]) for n, new in sorted(renumber.items(), key=lambda item: item[1])]
+    return CheckedAnswer(
+        text=" ".join(kept), citations=citations, unsupported=unsupported, model_abstained=model_abstained,
+        support={renumber[n]: best_quote[n].score for n in renumber}, claims=seen_claims,
+    )
+
+
+def _citation(n: int, paper: PaperContext, support: Support) -> Citation:
+    return Citation(
+        n=n, source=paper.source, line=paper.line, paper_id=paper.paper_id, title=paper.title,
+        quote=support.quote, score=round(min(1.0, max(0.0, support.cosine)), 4),
+    )
+
+
+def cite_quotes(
+    quotes: Sequence[Quote], context: Context, scorer: SentenceScorer, after: CheckedAnswer | None = None
+) -> CheckedAnswer:
+    """An extractive answer's quotes, cited directly (after a checked answer, continuing its numbering).
+
+    Every quoted sentence is the paper's own, so it needs no check: it is cited with its paper, and the citation
+    shows the first quoted sentence unless it already shows a verbatim one. A fragment, or a claim the answer
+    already makes, is left out, as check_answer leaves them out."""
+    base = after or CheckedAnswer(text="")
+    citations = list(base.citations)
+    support, claims = dict(base.support), set(base.claims)
+    number = {c.paper_id: c.n for c in citations}
+    kept = [base.text] if base.text else []
+    for quote in quotes:
+        paper = quote.paper
+        for i, sentence in enumerate(quote.sentences):
+            titled = quote.title_first and i == 0
+            claim = f"{paper.title}: {sentence}" if titled else sentence
+            key = " ".join(claim.lower().split())
+            if len(terms(claim)) < context.tuning.min_claim_terms or _ABSTAIN.search(claim) or key in claims:
+                continue
+            claims.add(key)
+            n = number.setdefault(paper.paper_id, len(citations) + 1)
+            if support.get(n, 0.0) < 1.0:
+                cosine = float(scorer.similarity([claim], [sentence])[0][0])
+                citation = _citation(n, paper, Support(1.0, cosine, sentence))
+                citations = [c for c in citations if c.n != n] + [citation]
+                support[n] = 1.0
+            match = re.search(r"[.!?]+$", sentence)
+            body, end = (sentence[: match.start()], match.group(0)) if match else (sentence, ".")
+            kept.append(_tidy(f"{paper.title} [{n}]: {body}{end}" if titled else f"{body} [{n}]{end}"))
+    citations.sort(key=lambda c: c.n)
+    return CheckedAnswer(
+        text=" ".join(kept), citations=citations, unsupported=list(base.unsupported),
+        model_abstained=base.model_abstained, support=support, claims=claims,
+    )
+
+
+def _tidy(sentence: str) -> str:
+    return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(sentence.split())).strip()
 
 
 def _rewrite(sentence: str, valid: dict[tuple[int, int], list[int]], attached: list[int], renumber: dict[int, int]) -> str:
@@ -193,8 +240,7 @@ def _rewrite(sentence: str, valid: dict[tuple[int, int], list[int]], attached: l
             out.append(" " + "".join(f"[{renumber[n]}]" for n in numbers))
         previous = end
     out.append(sentence[previous:])
-    result = " ".join("".join(out).split())
-    result = re.sub(r"\s+([.,;:!?])", r"\1", result)
+    result = _tidy("".join(out))
     # "claim. [1]" -> "claim [1]."
     result = re.sub(r"([.!?])((?:\s*\[\d+\])+)\s*$", lambda m: f"{m.group(2)}{m.group(1)}", result).strip()
     if attached:

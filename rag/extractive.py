@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
-from rag.context import Context
+from rag.context import Context, PaperContext
 from rag.question import QuestionAnalysis, as_analysis
 from rag.sentences import split_sentences
 from rag.text import cited_numbers, figures, mentions_any, names_in, numbers_in, strip_markers, terms
@@ -113,11 +114,34 @@ def naming_sentence(sentences: Sequence[str], title: str | None) -> int | None:
     return max(naming, key=lambda i: _naming_strength(sentences[i], title), default=None)
 
 
-def grounded_fallback(
+@dataclass(frozen=True)
+class Quote:
+    """One paper's part of an extractive answer: sentences of its abstract, verbatim and in their order."""
+
+    paper: PaperContext
+    sentences: tuple[str, ...]
+    title_first: bool  # the paper's title leads the quote ("Title [n]: ...")
+
+    @property
+    def text(self) -> str:
+        """The quote as the answer shows it, cited with the paper's context number."""
+        text = " ".join(self.sentences)
+        match = re.search(r"[.!?]+$", text)
+        body, end = (text[: match.start()], match.group(0)) if match else (text, ".")
+        if self.title_first:
+            return f"{self.paper.title} [{self.paper.n}]: {body}{end}"
+        return f"{body} [{self.paper.n}]{end}"
+
+
+def quotes_text(quotes: Sequence[Quote]) -> str:
+    return " ".join(q.text for q in quotes)
+
+
+def extractive_quotes(
     context: Context, multi: bool, papers: Sequence[int] | None = None, sentences: int | None = None
-) -> str:
-    """An extractive answer, used when the model's answer has no supported sentence that adds anything (and, for a
-    multi-paper question, for each paper the model left out). Per paper: its most relevant sentences in their
+) -> list[Quote]:
+    """An extractive answer, cited by rag.citations.cite_quotes: used when the model's answer has no supported
+    sentence that adds anything (and, for a multi-paper question, for each paper the model left out). Per paper: its most relevant sentences in their
     original order, making sure one of them names or quantifies something the question does not. A question
     after a figure also gets the best sentence that gives one about something asked; a question after a method,
     dataset or work gets the sentence where the paper names its contribution. The title leads when the paper
@@ -162,11 +186,7 @@ def grounded_fallback(
             anchored = [i for i in ranked if i not in chosen and mentions_any(paper.sentences[i], specific)
                         and new_facts(paper.sentences[i], question)]
             chosen = chosen + anchored[:1]
-        text = " ".join(paper.sentences[i] for i in sorted(chosen))
-        match = re.search(r"[.!?]+$", text)
-        body, end = (text[: match.start()], match.group(0)) if match else (text, ".")
-        if paper.title and (asks_for_a_name or not new_facts(text, question)):
-            parts.append(f"{paper.title} [{paper.n}]: {body}{end}")
-        else:
-            parts.append(f"{body} [{paper.n}]{end}")
-    return " ".join(parts)
+        quoted = tuple(paper.sentences[i] for i in sorted(chosen))
+        title_first = bool(paper.title) and (asks_for_a_name or not new_facts(" ".join(quoted), question))
+        parts.append(Quote(paper, quoted, title_first))
+    return parts

@@ -101,7 +101,7 @@ class OnnxEncoder(onnx_runtime.OnnxEncoder):
         path = export_dir(model_path, cache_dir) / FILES[variant]
         if path.is_file():
             try:
-                return cls(model_path, _session(path, threads), pipeline)
+                return cls(model_path, _session(path, threads), pipeline, variant == "int8")
             except Exception as e:  # noqa: BLE001 - a truncated or foreign file: make it again
                 logger.warning("the cached onnx export %s does not load (%s): exporting it again", path, e)
                 with contextlib.suppress(OSError):
@@ -112,5 +112,7 @@ class OnnxEncoder(onnx_runtime.OnnxEncoder):
         if not _writable(Path(cache_dir)):
             logger.warning("cannot write the embedder cache %s: exporting for this process only", cache_dir)
             with tempfile.TemporaryDirectory(prefix="rag-embedder-") as tmp:
-                return cls(model_path, _session(ensure_export(model_path, Path(tmp), variant), threads), pipeline)
-        return cls(model_path, _session(ensure_export(model_path, cache_dir, variant), threads), pipeline)
+                session = _session(ensure_export(model_path, Path(tmp), variant), threads)
+                return cls(model_path, session, pipeline, variant == "int8")
+        session = _session(ensure_export(model_path, cache_dir, variant), threads)
+        return cls(model_path, session, pipeline, variant == "int8")

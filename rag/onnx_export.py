@@ -197,7 +197,7 @@ def _check(onnx_path: Path, model_path: Path, variant: Variant, model=None) -> N
     """Refuse an export whose vectors stray from torch's on the probe texts."""
     import torch
 
-    encoder = OnnxEncoder(model_path, _session(onnx_path, 1), read_pipeline(model_path))
+    encoder = OnnxEncoder(model_path, _session(onnx_path, 1), read_pipeline(model_path), variant == "int8")
     got = encoder.encode(list(PROBE_TEXTS), batch_size=len(PROBE_TEXTS))
     model = (model if model is not None else _torch_model(model_path)).eval()  # no dropout in the reference
     tokens = encoder.tokenize(list(PROBE_TEXTS))

@@ -13,7 +13,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,11 +24,12 @@ from rag.errors import IndexError_
 from rag.index import open_index
 from rag.inputs import passages_k, question_text
 from rag.lexical import LEXICAL_DIR, LexicalIndex, index_text, paper_of
-from rag.store import META_FINGERPRINT, META_PAPERS, META_STATE, Store, StoredChunk, paper_abstract
+from rag.store import META_FINGERPRINT, META_PAPERS, META_STATE, Store, StoredChunk, collection_gone, paper_abstract
 from rag.text import name_pattern
 from rag.types import Location, Passage, display_label
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def lexical_index_for(store: Store, fingerprint: str, settings: Settings) -> LexicalIndex:
@@ -95,11 +97,10 @@ class Retriever:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def fingerprint(self) -> str:
-        return self._index()[1].fingerprint
+        return self._reading(lambda: self._index()[1].fingerprint)
 
     def paper_count(self) -> int:
-        store, _ = self._index()
-        return int(store.metadata.get(META_PAPERS, 0))
+        return self._reading(lambda: int(self._index()[0].metadata.get(META_PAPERS, 0)))
 
     def abstracts(self) -> list[str]:
         """The whole abstract of every indexed paper, once each (read page by page from the store)."""
@@ -108,12 +109,19 @@ class Retriever:
 
     def papers_mentioning(self, name: str, max_papers: int) -> list[str]:
         """The papers whose text mentions a name (see rag.text.name_pattern); more than max_papers means "many"."""
-        store, _ = self._index()
-        return store.papers_matching(name_pattern(name), max_chunks=4 * max_papers)[:max_papers]
+
+        def read() -> list[str]:
+            store, _ = self._index()
+            return store.papers_matching(name_pattern(name), max_chunks=4 * max_papers)[:max_papers]
+
+        return self._reading(read)
 
     def paper_passages(self, paper_ids: Sequence[str], vector: np.ndarray, first_rank: int) -> list[Passage]:
         """Passages (each paper's first chunk, its similarity to the query's `vector`) for papers the search did not
         rank: a list answer reaches every paper that mentions what the question names."""
+        return self._reading(lambda: self._paper_passages(paper_ids, vector, first_rank))
+
+    def _paper_passages(self, paper_ids: Sequence[str], vector: np.ndarray, first_rank: int) -> list[Passage]:
         store, _ = self._index()
         stored = store.get([f"{paper_id}:0" for paper_id in paper_ids])
         passages: list[Passage] = []
@@ -141,8 +149,23 @@ class Retriever:
         except IndexError_:
             raise
         except Exception as e:  # noqa: BLE001 - chromadb's internal errors have no common base worth naming
+            if collection_gone(e):
+                raise  # swapped by a rebuild: the whole read is done again (see _reading)
             logger.warning("dense search failed (%s): ranking by BM25 alone for this question", e)
             return []
+
+    def _reading(self, read: Callable[[], T], attempts: int = 20) -> T:
+        """Run a read of the index; when a rebuild's swap (old collection dropped, new one renamed) lands between
+        opening the collection and reading it, the read is done again on the new one."""
+        for attempt in range(attempts):
+            try:
+                return read()
+            except Exception as e:
+                if not collection_gone(e) or attempt == attempts - 1:
+                    raise
+                logger.info("the collection was swapped by a rebuild during a read: reading the new one")
+                time.sleep(0.1)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def search(
         self, query: str, k: int | None = None, max_chars: int | None = None, vector: np.ndarray | None = None
@@ -152,8 +175,12 @@ class Retriever:
         cfg = self.settings.retrieval
         query = question_text(query, max_chars or self.settings.answer.max_question_chars, what="the query")
         k = passages_k(k) or cfg.k
-        store, lexical = self._index()
         query_vector = self.embedder.embed([query])[0] if vector is None else np.asarray(vector, dtype=np.float32)
+        return self._reading(lambda: self._search(query, k, query_vector))
+
+    def _search(self, query: str, k: int, query_vector: np.ndarray) -> list[Passage]:
+        cfg = self.settings.retrieval
+        store, lexical = self._index()
         n = max(cfg.candidates, k * 3)
         dense = self._dense_ranking(store, query_vector, n)
         lexical_hits = lexical.search(query, n)

@@ -88,6 +88,11 @@ def _read_only_snapshot(folder: Path) -> Path:
     return copy / "chroma"
 
 
+def collection_gone(error: BaseException) -> bool:
+    """Whether a Chroma error says the collection does not exist (never made, or dropped by a rebuild's swap)."""
+    return type(error).__name__ == "NotFoundError" or "does not exist" in str(error)
+
+
 @dataclass(frozen=True)
 class StoredChunk:
     chunk_id: str
@@ -197,7 +202,7 @@ class Store:
             try:
                 self._collection = client.get_collection(self.collection_name, embedding_function=None)
             except Exception as e:  # noqa: BLE001 - chromadb raises NotFoundError (ValueError before 1.0)
-                if "does not exist" not in str(e) and type(e).__name__ != "NotFoundError":
+                if not collection_gone(e):
                     raise IndexError_(f"cannot open the index in the {self.location}: {e}") from e
                 if create_with is None:
                     raise IndexError_(f"no index in the {self.location}: run `rag ingest` first") from e

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rag.citations import check_answer
+from rag.citations import check_answer, cite_quotes
 from rag.context import Context, PaperContext
 from rag.scoring import SentenceScorer, score_sentences
 from rag.text import marker_numbers, strip_markers
-from rag.extractive import grounded_fallback, new_facts
+from rag.extractive import extractive_quotes, new_facts, quotes_text
 from rag.sentences import split_sentences
 from rag.prompts import NOT_IN_CORPUS
 
@@ -123,19 +123,32 @@ def test_new_facts_tells_an_answer_from_a_restatement():
     assert "LangBridge" in new_facts("The approach is LangBridge [1].", "What zero-shot approach bridges models?")
 
 
-def test_grounded_fallback_quotes_the_best_sentence_and_passes_the_check(context, scorer):
+def test_the_extractive_answer_quotes_the_best_sentence_cited_as_the_check_would(context, scorer):
     single = Context(question="How many questions does KMMLU have?", papers=context.papers[:1], messages=[],
                      prompt_tokens=0, max_tokens=64)
-    text = grounded_fallback(single, multi=False)
+    quotes = extractive_quotes(single, multi=False)
+    text = quotes_text(quotes)
     assert "35,030" in text and text.endswith("[1].")
-    checked = check_answer(text, single, scorer)
-    assert checked.citations and checked.citations[0].paper_id == "kmmlu"
+    checked = cite_quotes(quotes, single, scorer)
+    assert checked.text and checked.text == check_answer(text, single, scorer).text  # cited as the check would cite it
+    assert [c.paper_id for c in checked.citations] == ["kmmlu"] and checked.citations[0].quote in text
 
 
 def test_fallback_for_a_multi_paper_question_cites_each_paper(context, scorer):
-    text = grounded_fallback(context, multi=True)
-    checked = check_answer(text, context, scorer)
+    checked = cite_quotes(extractive_quotes(context, multi=True), context, scorer)
     assert {c.paper_id for c in checked.citations} == {"kmmlu", "hcx"}
+
+
+def test_quotes_after_a_checked_answer_continue_its_numbering_and_skip_its_claims(context, scorer):
+    model = check_answer("HyperCLOVA X was trained on a mix of Korean, English, and code data [2].", context, scorer)
+    assert [c.paper_id for c in model.citations] == ["hcx"]
+    quotes = extractive_quotes(context, multi=True)
+    both = cite_quotes(quotes, context, scorer, after=model)
+    assert both.text.startswith(model.text)
+    assert [(c.n, c.paper_id) for c in both.citations] == [(1, "hcx"), (2, "kmmlu")]
+    assert "[2]" in both.text[len(model.text):]
+    again = cite_quotes(quotes, context, scorer, after=both)
+    assert again.text == both.text  # a claim already made is not made twice
 
 
 def _one_paper(question: str, title: str | None, text: str, scorer) -> Context:
@@ -157,9 +170,10 @@ REWARD = (
 
 def test_a_question_after_a_method_gets_the_sentence_that_names_it(scorer):
     question = "What double-layer mixture-of-experts reward model copes with task disturbance and noisy labels?"
-    text = grounded_fallback(_one_paper(question, None, REWARD, scorer), multi=False)
+    text = quotes_text(extractive_quotes(_one_paper(question, None, REWARD, scorer), multi=False))
     assert "(DMoERM)" in text  # the sentence coining the name, not only the one that "introduced the idea"
-    titled = grounded_fallback(_one_paper(question, "DMoERM: Recipes of Mixture-of-Experts", REWARD, scorer), multi=False)
+    titled_paper = _one_paper(question, "DMoERM: Recipes of Mixture-of-Experts", REWARD, scorer)
+    titled = quotes_text(extractive_quotes(titled_paper, multi=False))
     assert titled.startswith("DMoERM: Recipes of Mixture-of-Experts [1]: ")  # a work is asked for: its title leads
 
 
@@ -171,7 +185,7 @@ def test_a_question_after_a_figure_gets_a_close_sentence_that_gives_one(scorer):
         "We further present an intervention experiment."
     )
     question = "How large is the overlap between the IOI and Colored Objects circuits in GPT2?"
-    text = grounded_fallback(_one_paper(question, None, abstract, scorer), multi=False, sentences=1)
+    text = quotes_text(extractive_quotes(_one_paper(question, None, abstract, scorer), multi=False, sentences=1))
     assert "78%" in text  # years and list labels such as "2022" or "1.)" are not figures
 
 
@@ -225,8 +239,8 @@ def test_a_question_after_a_dataset_gets_the_sentence_that_introduces_the_datase
     )
     question = "What graph-structured dataset was introduced to support universal image generation?"
     assert asked_kind(question) == "dataset" and asked_kind("Which papers study forgetting?") is None
-    text = grounded_fallback(_one_paper(question, "VisualCloze: A Universal Image Generation Framework", abstract, scorer),
-                             multi=False)
+    paper = _one_paper(question, "VisualCloze: A Universal Image Generation Framework", abstract, scorer)
+    text = quotes_text(extractive_quotes(paper, multi=False))
     assert "Graph200K" in text  # not only the sentence naming the framework
 
 
@@ -240,7 +254,8 @@ def test_a_name_introduced_in_quotes_is_preferred_to_one_only_shared_with_the_ti
     )
     question = "Is there an open-source chatbot that replaces a college's FAQ page with answers from its website?"
     title = "Automating Customer Service using LangChain: Building a custom open-source GPT Chatbot"
-    assert "Sahaay" in grounded_fallback(_one_paper(question, title, abstract, scorer), multi=False, sentences=1)
+    quotes = extractive_quotes(_one_paper(question, title, abstract, scorer), multi=False, sentences=1)
+    assert "Sahaay" in quotes_text(quotes)
 
 
 def test_the_sentence_holding_a_specific_number_of_the_question_is_quoted(scorer):
@@ -256,8 +271,8 @@ def test_the_sentence_holding_a_specific_number_of_the_question_is_quoted(scorer
     )
     question = ("Which instruction benchmark supplied the 119 tasks used to show that instruction-tuned models need "
                 "only a fraction of downstream training data?")
-    text = grounded_fallback(_one_paper(question, "Instruction Tuned Models are Quick Learners", abstract, scorer),
-                             multi=False, sentences=1)
+    paper = _one_paper(question, "Instruction Tuned Models are Quick Learners", abstract, scorer)
+    text = quotes_text(extractive_quotes(paper, multi=False, sentences=1))
     assert "Super Natural Instructions" in text
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import PROJECT_ROOT
+from rag.config import PROJECT_ROOT, Settings
+from rag.ingest import REBUILD_SUFFIX
+from rag.store import Store
 
 CORPUS = PROJECT_ROOT / "corpus"
 EXAONE = "Which sizes are the EXAONE 3.5 models offered in?"
@@ -268,9 +270,19 @@ def test_an_interrupted_rebuild_leaves_the_old_index_answering(tmp_path: Path, e
         (corpus / f.name).write_bytes(f.read_bytes())
     assert rag(["ingest", str(corpus)], env).returncode == 0
     before = json.loads(rag(["status", "--json"], env).stdout)
-    proc = subprocess.Popen([sys.executable, "-m", "rag", "ingest", "--rebuild", str(corpus)], env=env,
+    slow = {**env, "RAG_EMBEDDING__INGEST_WINDOW": "8"}  # many small windows: the kill lands mid-rebuild
+    proc = subprocess.Popen([sys.executable, "-m", "rag", "ingest", "--rebuild", str(corpus)], env=slow,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(9)  # the embedder is loaded and writing by now
+    rebuilding = Store.for_settings(Settings(data_dir=Path(env["RAG_DATA_DIR"])), Settings().collection + REBUILD_SUFFIX)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if rebuilding.count() >= 8:  # the embedder is loaded and writing
+                break
+        except Exception:  # noqa: BLE001 - not created yet
+            rebuilding = Store.for_settings(Settings(data_dir=Path(env["RAG_DATA_DIR"])), Settings().collection + REBUILD_SUFFIX)
+        time.sleep(0.2)
+    assert proc.poll() is None, "the rebuild finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     after = rag(["status", "--json"], env)
