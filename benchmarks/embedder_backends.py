@@ -61,13 +61,14 @@ def openvino_embedder(cache: Path, batch_size: int) -> Embed:
     import openvino as ov
 
     from rag.embedding import default_model_path
-    from rag.onnx_embedder import OnnxEncoder, export_onnx, read_pipeline
+    from rag.onnx_embedder import OnnxEncoder, read_pipeline
+    from rag.onnx_export import export_here
 
     model_path = default_model_path()
     plain = cache / "plain.onnx"
     if not plain.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        export_onnx(model_path, plain, fuse=False)
+        export_here(model_path, plain, fuse=False)
     compiled = ov.Core().compile_model(
         str(plain),
         "CPU",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,20 +92,30 @@ def ingest(
                 leftover.delete_collection()
         store = Store.for_settings(settings, settings.collection + REBUILD_SUFFIX if rebuild else None)
         summary, chunks = _sync(store, corpus, embedder, settings, progress)
+        del corpus  # the BM25 build needs only the chunks' words: free the parsed abstracts first (100k: ~0.5 GB)
         if rebuild:
             logger.info("rebuilt: %s replaces %s", store.collection_name, settings.collection)
             store.replace(settings.collection)
-        _save_lexical(settings, str(store.metadata.get(META_FINGERPRINT, "")), chunks)
+        rows = [(c.chunk_id, index_text(c.title, c.text)) for c in chunks]
+        del chunks
+        _save_lexical(settings, str(store.metadata.get(META_FINGERPRINT, "")), rows)
     summary.seconds = round(time.perf_counter() - started, 3)
     logger.info("ingest: %s", summary.model_dump())
     return summary
 
 
-def _save_lexical(settings: Settings, fingerprint: str, chunks: list[Chunk]) -> None:
-    """Build and save the BM25 index of what was just written, so no reader has to read the whole store for it."""
+def _save_lexical(settings: Settings, fingerprint: str, rows: list[tuple[str, str]]) -> None:
+    """Build and save the BM25 index of what was just written (chunk id, index text), so no reader has to read the
+    whole store for it. The rows are handed over: the list is emptied as the build takes them."""
     root = settings.data_dir / LEXICAL_DIR
     if LexicalIndex.load(root, fingerprint) is None:
-        LexicalIndex.build(((c.chunk_id, index_text(c.title, c.text)) for c in chunks), fingerprint).save(root)
+        LexicalIndex.build(_drain(rows), fingerprint).save(root)
+
+
+def _drain(rows: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    rows.reverse()
+    while rows:
+        yield rows.pop()
 
 
 def _sync(

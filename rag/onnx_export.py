@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -69,6 +71,30 @@ def export_dir(model_path: Path, cache_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------- export
 
 
+def export_onnx(model_path: Path, dest: Path) -> None:
+    """export_here, run in a child process (see _in_child)."""
+    _in_child("export", str(model_path), str(dest))
+
+
+def quantize_int8(source: Path, dest: Path, model_path: Path) -> None:
+    """quantize_here, run in a child process (see _in_child)."""
+    _in_child("quantize", str(source), str(dest), str(model_path))
+
+
+def _in_child(step: str, *args: str) -> None:
+    """Run an export step in a child Python: it needs torch and the model's weights (~1 GB), which would otherwise
+    stay in the process that asked for the export (an ingest of 100k abstracts peaked at 2.4 GB with them, and at
+    2 GB is the limit) long after the step is done. Offline like the parent (its environment is inherited)."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "rag.onnx_export", step, *args], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        raise OnnxExportError(f"the onnx {step} step failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporters' chatter (tracer warnings, the quantizer's root-logger advice)."""
@@ -105,7 +131,7 @@ def _torch_model(model_path: Path):
     return AutoModel.from_pretrained(str(model_path), local_files_only=True, attn_implementation="eager").eval()
 
 
-def export_onnx(model_path: Path, dest: Path, fuse: bool = True) -> None:
+def export_here(model_path: Path, dest: Path, fuse: bool = True) -> None:
     """Export the transformer of `model_path` to `dest` (fp32), checked against torch before the rename.
 
     fuse: apply onnxruntime's BERT fusions (Attention, SkipLayerNorm, BiasGelu: contrib ops only onnxruntime runs).
@@ -170,7 +196,7 @@ def _fuse(source: Path, dest: Path, config) -> bool:
     return True
 
 
-def quantize_int8(source: Path, dest: Path, model_path: Path) -> None:
+def quantize_here(source: Path, dest: Path, model_path: Path) -> None:
     """int8 dynamic quantisation with per-channel weight scales (per-tensor drifts to cosine ~0.94; this ~0.99).
 
     reduce_range (7-bit weights): x86 CPUs without VNNI saturate u8 x s8 products in full range; costs ~0.001 cosine.
@@ -211,3 +237,26 @@ def _check(onnx_path: Path, model_path: Path, variant: Variant, model=None) -> N
     if cosine < MIN_PROBE_COSINE[variant]:
         raise OnnxExportError(f"the {variant} export strays from torch (cosine {cosine:.5f} < {MIN_PROBE_COSINE[variant]})")
     logger.info("%s export checked against torch: min cosine %.6f", variant, cosine)
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m rag.onnx_export export MODEL DEST` or `... quantize SOURCE DEST MODEL`: one step, in this process."""
+    from rag.embedding import force_offline
+
+    force_offline()
+    try:
+        if argv[:1] == ["export"] and len(argv) == 3:
+            export_here(Path(argv[1]), Path(argv[2]))
+        elif argv[:1] == ["quantize"] and len(argv) == 4:
+            quantize_here(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+        else:
+            print("usage: python -m rag.onnx_export export MODEL DEST | quantize SOURCE DEST MODEL", file=sys.stderr)
+            return 2
+    except Exception as e:  # noqa: BLE001 - the parent reads the last line
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
