@@ -43,21 +43,23 @@ class EmbeddingSettings(BaseModel):
         default=512,
         ge=1,
         le=100_000,
-        description="Chunks ingest embeds in one call, sorted by length so that batches pad little, and writes as "
-        "one upsert (while the next window is embedded): what an interrupted ingest can lose. Measured on 2,000 "
-        "synthetic chunks, int8: 64 per call 65 texts/s, 512 69, 2,000 72.",
+        description="Chunks ingest embeds in one call (sorted by length, so that batches pad little) and writes as "
+        "one upsert while the next window is embedded: what an interrupted ingest can lose. Measured: 100k synthetic "
+        "abstracts ingest at 62.5 chunks/s (benchmarks/scale.py), 0.85 of the raw embedder's speed.",
     )
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         default="onnx-int8",
         description="What runs the model. 'onnx-int8' (default): the model exported once to ONNX (lazily, offline, "
-        "cached beside the index), its weights quantised to int8, run by onnxruntime: twice torch's speed, vectors "
-        "near fp32's (cosine 0.993 mean, 0.989 min), recorded under a name of their own (an index of the other kind "
-        "is rebuilt by the next `rag ingest`). A model that cannot be exported or quantised runs as fp32 (onnx, "
-        "else torch) under the fp32 name, with a warning. 'onnx': the fp32 export, torch's vectors (cosine >= "
-        "0.9999) at 1.2x. 'torch': sentence-transformers. Measured interleaved on 2 cores, 300 corpus chunks of "
-        "~196 word pieces (benchmarks/embedder_backends.py): torch 25.5 texts/s, onnx 30.7, onnx-int8 57.0, "
-        "OpenVINO fp32 34.5 (not used). Quality, `rag eval` on dev + blind 1-7 (364 questions): int8 290 passed, "
-        "recall@5 0.955 on dev; fp32 289, 0.940; abstention 61 vs 60 of 73, false abstention 18 vs 16 of 291.",
+        "in a child process, cached beside the index), its weights quantised to int8, run by onnxruntime one text "
+        "per run (dynamic quantisation would make a vector depend on its batch): over 2x torch's speed, vectors near "
+        "fp32's (cosine 0.993 mean, 0.989 min), recorded under a name of their own (an index of the other kind is "
+        "rebuilt by the next `rag ingest`). A model that cannot be exported or quantised runs as fp32 (onnx, else "
+        "torch) under the fp32 name, with a warning. 'onnx': the fp32 export, torch's vectors (cosine >= 0.9999) at "
+        "1.2x. 'torch': sentence-transformers. Speeds on 2 cores (benchmarks/embedder_backends.py): torch 25.5 "
+        "texts/s, onnx 30.7, OpenVINO fp32 34.5 (not used), int8 57.0 in batches of 16 (77 one at a time on "
+        "synthetic chunks, benchmarks/scale.py). Quality, "
+        "`rag eval` on dev + blind 1-7 (364 questions), fp32 -> int8: dev recall@5 0.940 -> 0.940, MRR 0.925 -> "
+        "0.925; blind recall@5 0.973 -> 0.964; 289 -> 288 passed.",
     )
     cache_dir: Path | None = Field(
         default=None,

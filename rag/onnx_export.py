@@ -5,8 +5,9 @@ The export (torch.onnx, then onnxruntime's BERT fusions; optionally int8 dynamic
 weight scales) lives in <cache_dir>/<model folder>-<key>/. The key hashes the model's config.json and the names,
 sizes and modification times of its weight files, so other weights never reuse an export. Every file is written to
 a temporary name in the same folder and renamed once complete and checked against torch on probe texts.
-rag.onnx_embedder runs the exports (and makes a missing or unloadable one again, once); the model folder's pipeline
-and the encoder that runs an export (the check here uses it) are rag.onnx_runtime's.
+rag.onnx_embedder runs the exports (and makes a missing or unloadable one again, once) through export_onnx and
+quantize_int8, which do the work in a child process (`python -m rag.onnx_export`) so that torch never stays in the
+asking process; the model folder's pipeline and the encoder that runs an export are rag.onnx_runtime's.
 """
 
 from __future__ import annotations
@@ -250,10 +251,10 @@ def _main(argv: list[str]) -> int:
         elif argv[:1] == ["quantize"] and len(argv) == 4:
             quantize_here(Path(argv[1]), Path(argv[2]), Path(argv[3]))
         else:
-            print("usage: python -m rag.onnx_export export MODEL DEST | quantize SOURCE DEST MODEL", file=sys.stderr)
+            sys.stderr.write("usage: python -m rag.onnx_export export MODEL DEST | quantize SOURCE DEST MODEL\n")
             return 2
     except Exception as e:  # noqa: BLE001 - the parent reads the last line
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        sys.stderr.write(f"{type(e).__name__}: {e}\n")
         return 1
     return 0
 

@@ -237,3 +237,24 @@ def test_onnxruntime_telemetry_stays_off(cache, tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "home" / ".cache" / "Microsoft").exists()
+
+
+def test_the_export_runs_in_a_child_so_torch_never_stays_in_the_process(tmp_path: Path):
+    """An ingest of 100k abstracts peaked at 2.4 GB while the export's torch and weights (~1 GB) stayed loaded."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from rag.config import EmbeddingSettings\n"
+        "from rag.embedding import Embedder\n"
+        f"embedder = Embedder(EmbeddingSettings(backend='onnx-int8', cache_dir=Path({str(tmp_path / 'cache')!r})))\n"
+        "embedder.embed(['warm up'])\n"
+        "print(json.dumps({'backend': embedder.backend, 'torch': 'torch' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"backend": "onnx-int8", "torch": False}
+    assert (next((tmp_path / "cache").iterdir()) / "model-int8.onnx").is_file()
