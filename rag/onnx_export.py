@@ -88,9 +88,17 @@ def _in_child(step: str, *args: str) -> None:
     2 GB is the limit) long after the step is done. Offline like the parent (its environment is inherited)."""
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(
-        [sys.executable, "-m", "rag.onnx_export", step, *args], env=env, capture_output=True, text=True, check=False
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "rag.onnx_export", step, *args], env=env, capture_output=True, text=True, check=False
+        )
+    except OSError as e:  # no child can be started here (a sandbox, an interpreter others may not run): do it here
+        logger.warning("cannot start a child process for the onnx %s step (%s): running it in this process", step, e)
+        if step == "export":
+            export_here(Path(args[0]), Path(args[1]))
+        else:
+            quantize_here(Path(args[0]), Path(args[1]), Path(args[2]))
+        return
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise OnnxExportError(f"the onnx {step} step failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
