@@ -116,38 +116,35 @@ def test_a_chunking_change_is_refused_by_readers_and_rebuilt_by_the_next_ingest(
     assert open_index(other, embedder).metadata[META_STATE] == "complete"
 
 
-def test_an_interrupted_rebuild_is_resumed_by_the_next_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder):
-    class DiesAfterOneWindow(Embedder):
+def _dies_after_one_call(embedder: Embedder) -> Embedder:
+    """An embedder that embeds once (with `embedder`), then is interrupted, as if killed mid-run."""
+
+    class DiesAfterOneCall(Embedder):
         calls = 0
 
         def embed(self, texts):
-            DiesAfterOneWindow.calls += 1
-            if DiesAfterOneWindow.calls > 1:
-                raise KeyboardInterrupt  # as if killed mid-run
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
             return embedder.embed(texts)
 
+    return DiesAfterOneCall()
+
+
+def test_an_interrupted_rebuild_is_resumed_by_the_next_rebuild(settings: Settings, small_corpus: Path, embedder: Embedder):
     ingest(settings, [small_corpus], embedder=embedder)
     settings = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"ingest_window": 3})})
     with pytest.raises(KeyboardInterrupt):
-        ingest(settings, [small_corpus], rebuild=True, embedder=DiesAfterOneWindow())
+        ingest(settings, [small_corpus], rebuild=True, embedder=_dies_after_one_call(embedder))
     summary = ingest(settings, [small_corpus], rebuild=True, embedder=embedder)
     assert summary.chunks_unchanged == 3 and summary.chunks_added > 0  # the finished window is kept
     assert open_index(settings, embedder).count() == summary.chunks_added + summary.chunks_unchanged
 
 
 def test_interrupted_ingest_is_refused_then_repaired(settings: Settings, small_corpus: Path, embedder: Embedder):
-    class DiesAfterOneBatch(Embedder):
-        calls = 0
-
-        def embed(self, texts):
-            DiesAfterOneBatch.calls += 1
-            if DiesAfterOneBatch.calls > 1:
-                raise KeyboardInterrupt  # as if killed mid-run
-            return embedder.embed(texts)
-
     settings = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"ingest_window": 2})})
     with pytest.raises(KeyboardInterrupt):
-        ingest(settings, [small_corpus], embedder=DiesAfterOneBatch())
+        ingest(settings, [small_corpus], embedder=_dies_after_one_call(embedder))
     with pytest.raises(IndexError_, match="did not finish"):
         open_index(settings)
     summary = ingest(settings, [small_corpus], embedder=embedder)
