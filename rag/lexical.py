@@ -72,7 +72,9 @@ class LexicalIndex:
         if n <= 0:
             return []
         tokens = _bm25s().tokenize([query], stopwords="en", stemmer=stemmer(), return_ids=False, show_progress=False)
-        known = [t for t in tokens[0] if t in self.bm25.vocab_dict]
+        # Each query term once: BM25 sums a term's score per occurrence, so "model ... model ... model" would let
+        # one repeated filler word outweigh the words that tell papers apart.
+        known = list(dict.fromkeys(t for t in tokens[0] if t in self.bm25.vocab_dict))
         if not known:  # nothing of the query is in the corpus (or it is all stopwords): no lexical ranking
             return []
         docs, scores = self.bm25.retrieve([known], k=n, show_progress=False, n_threads=1)

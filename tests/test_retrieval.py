@@ -47,3 +47,15 @@ def test_lexical_only_term_is_found(retriever):
 
 def test_query_with_only_stopwords_still_answers(retriever):
     assert len(retriever.search("the of and", k=2)) == 2
+
+
+def test_a_repeated_question_word_counts_once_in_bm25():
+    from rag.lexical import LexicalIndex
+
+    index = LexicalIndex.build(
+        [("a:0", "Retrieval models rank passages for a question."), ("b:0", "Tokenizers split words into subword units.")],
+        fingerprint="test",
+    )
+    once = index.search("retrieval tokenizers", 2)
+    repeated = index.search("retrieval retrieval retrieval tokenizers", 2)
+    assert repeated == once  # repeating "retrieval" does not make paper a outrank paper b
