@@ -59,7 +59,7 @@ def papers_answered(text: str, citations: Sequence[Citation], question: Question
 
 
 _INTRODUCES = re.compile(
-    r"\b(?:we|this (?:\w+\s+)?(?:paper|work|study|article|report))\s+(?:\w+\s+)?"
+    rf"\b(?:we|this (?:\w+\s+)?(?:{alternation(words().self_references)}))\s+(?:\w+\s+)?"
     rf"(?:{alternation(words().introducing_verbs)})\w*|\b(?:{alternation(words().naming_phrases)})\b",
     re.IGNORECASE,
 )

@@ -122,17 +122,16 @@ def _patterns() -> _Patterns:
             rf"(?P<kind>{alternation(w.asked_kinds)})s?\b|\b(?:which|what) (?:works?|papers?|studies)\b",
             re.IGNORECASE,
         ),
-        # Questions after a piece of work rather than a fact: "Is there work on ...?", "How can ...?", "Did anyone
-        # ...?", "Can X be done ...?" (about a corpus of papers: is there a paper that does it), also after a leading
-        # phrase ("Instead of A, can B ...?").
+        # Questions after a piece of work rather than a fact ("Is there work on ...?", "Instead of A, can B ...?"),
+        # or after what something is called.
         asks_for_work=re.compile(
-            r"(?:^|[,;:]\s*)(?:is there|are there|has anyone|have any|did anyone|does any|do any|how can|how could|"
-            r"how might|is it possible|can|could)\b|\bwhat(?: is|'s| was| are| were)\b[^?]{0,60}?\b(?:called|named)\b",
+            rf"(?:^|[,;:]\s*)(?:{alternation(w.work_question_openers)})\b"
+            r"|\bwhat(?: is|'s| was| are| were)\b[^?]{0,60}?\b(?:called|named)\b",
             re.IGNORECASE,
         ),
         figure=re.compile(
             rf"\bhow (?:{alternation(w.figure_adjectives)})\b|\bwhat (?:\w+ ){{0,3}}?(?:{alternation(w.figure_nouns)})s?\b"
-            r"|\b(?:average|mean|overall|final|top-?\d+)\s+(?:accuracy|score|f1|rate|error)\b|\bnumber of\b",
+            rf"|\b(?:{alternation(w.figure_qualifiers)}|top-?\d+)\s+(?:{alternation(w.figure_metrics)})\b|\bnumber of\b",
             re.IGNORECASE,
         ),
         followup_start=re.compile(rf"^\s*({alternation(w.followup_openers)})\b", re.IGNORECASE),

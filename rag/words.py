@@ -48,6 +48,10 @@ class Words:
     naming_phrases: tuple[str, ...]
     figure_adjectives: tuple[str, ...]
     figure_nouns: tuple[str, ...]
+    work_question_openers: tuple[str, ...]
+    figure_qualifiers: tuple[str, ...]
+    figure_metrics: tuple[str, ...]
+    self_references: tuple[str, ...]
 
 
 def alternation(entries: tuple[str, ...] | frozenset[str]) -> str:
