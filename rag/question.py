@@ -56,8 +56,17 @@ def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
     for form in dict.fromkeys(forms):
         if any(form == expansion for expansion in expansions.values()):
             continue  # listed with its acronym
-        groups.append((form, expansions[form]) if form in expansions else (form,))
+        group = (form, expansions[form]) if form in expansions else (form,)
+        if groups and _alternatives(groups[-1][0], form, text):  # "Natural Instructions or Super-NaturalInstructions"
+            groups[-1] = (*groups[-1], *group)
+        else:
+            groups.append(group)
     return groups
+
+
+def _alternatives(first: str, second: str, text: str) -> bool:
+    """Whether the question offers two names as alternatives ("X or Y", "X, or the Y"): a paper needs only one."""
+    return re.search(rf"{re.escape(first)}\s*,?\s+or\s+(?:the\s+|an?\s+)?{re.escape(second)}", text) is not None
 
 
 def capitalised_head(word: str) -> str:

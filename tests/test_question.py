@@ -42,6 +42,11 @@ def test_a_list_question_requires_its_names_but_not_its_examples():
     assert names("Which papers build on a mixture-of-experts (MoE) architecture?") == [("MoE", "mixture-of-experts")]
     assert names("Which papers adapt vision-language models such as CLIP to new tasks?") == []
     assert names("Which papers in my collection deal with the Korean language?") == [("Korean",)]
+    # Names offered as alternatives make one requirement: a paper mentioning either qualifies.
+    assert names("Which papers use the Natural Instructions or Super-NaturalInstructions collections?") == [
+        ("Natural Instructions", "Super-NaturalInstructions"),
+    ]
+    assert names("Which papers compare GPT-4 and LLaMA-2?") == [("GPT-4",), ("LLaMA-2",)]
 
 
 def test_capitalised_head_drops_a_lower_case_tail():
