@@ -74,11 +74,15 @@ def _mentions_kind(sentence: str, kind: str | None) -> bool:
     return kind is not None and re.search(rf"\b{re.escape(kind)}s?\b", sentence, re.IGNORECASE) is not None
 
 
+# A name given by a naming phrase: "a new QG dataset called EduProbe", "a unified model termed In-BoXBART".
+_NAMED_AS = re.compile(rf"\b(?:{alternation(words().naming_phrases)})\s+([A-Z][\w\-]*)")
+
+
 def _naming_strength(sentence: str, title: str | None) -> int:
-    """How clearly a sentence coins a name: 2 for one in brackets or quotes (PromptSRC (...), "Sahaay"), 1 for a
-    name the title also has, 0 for none."""
+    """How clearly a sentence coins a name: 2 for one in brackets or quotes (PromptSRC (...), "Sahaay") or given
+    by a naming phrase ("called EduProbe"), 1 for a name the title also has, 0 for none."""
     coined = _COINED.findall(sentence)
-    if any(bracketed for bracketed, _ in coined) or _QUOTED_NAME.search(sentence):
+    if any(bracketed for bracketed, _ in coined) or _QUOTED_NAME.search(sentence) or _NAMED_AS.search(sentence):
         return 2
     return 1 if title and any(word and word in title for _, word in coined) else 0
 

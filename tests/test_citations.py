@@ -309,3 +309,16 @@ def test_verbatim_check_finds_quotes_at_their_line_and_nowhere_else(tmp_path):
                   answer("We propose KMMLU", line=9), answer("We propose KMMLU", source="b.txt"), answer("…")):
         with pytest.raises(AssertionError):
             assert_citations_verbatim(wrong, tmp_path)
+
+
+def test_the_sentence_that_names_a_paper_s_contribution_is_found_with_or_without_a_title():
+    from rag.extractive import naming_sentence
+
+    sentences = [
+        "Current question-answering datasets are inadequate for question generation in education.",
+        "Therefore, we curate a new QG dataset called EduProbe for school-level subjects.",
+        "We fine-tune T5 and BART on it.",
+    ]
+    assert naming_sentence(sentences, title=None) == 1  # "called EduProbe" names it, though no title says so
+    assert naming_sentence(["We propose a method called prompt tuning."], title=None) is None  # no name is coined
+    assert naming_sentence(["We propose prompting with self-regulating constraints (PromptSRC)."], title=None) == 0
