@@ -1,6 +1,6 @@
 """Fit the answerability gate (rag/gate.json) on the labelled question sets, with cross-validation.
 
-For every question of the dev set and the blind sets (never the held-out ones, see Makefile HELD_OUT), the
+For every question of the dev set and the blind sets (never blind 8, the set scored last, kept out of fitting), the
 retriever's passages are read and rag.answerability.gate_signals computed; a logistic regression (scikit-learn,
 a development tool here: the runtime only takes a dot product) learns P(answerable) from them. Reported, from
 out-of-fold predictions (5 folds, stratified): abstention on unanswerable questions and false abstention on
