@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -94,10 +94,7 @@ def _in_child(step: str, *args: str) -> None:
         )
     except OSError as e:  # no child can be started here (a sandbox, an interpreter others may not run): do it here
         logger.warning("cannot start a child process for the onnx %s step (%s): running it in this process", step, e)
-        if step == "export":
-            export_here(Path(args[0]), Path(args[1]))
-        else:
-            quantize_here(Path(args[0]), Path(args[1]), Path(args[2]))
+        _run_step(step, args)
         return
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
@@ -248,19 +245,27 @@ def _check(onnx_path: Path, model_path: Path, variant: Variant, model=None) -> N
     logger.info("%s export checked against torch: min cosine %.6f", variant, cosine)
 
 
+# The steps a child runs: name -> (function, number of path arguments).
+_STEPS = {"export": (export_here, 2), "quantize": (quantize_here, 3)}
+
+
+def _run_step(step: str, args: Sequence[str]) -> None:
+    """One step in this process (the child's work, or the parent's where no child can be started)."""
+    function, _ = _STEPS[step]
+    function(*(Path(arg) for arg in args))
+
+
 def _main(argv: list[str]) -> int:
     """`python -m rag.onnx_export export MODEL DEST` or `... quantize SOURCE DEST MODEL`: one step, in this process."""
     from rag.embedding import force_offline
 
     force_offline()
+    step, args = (argv[0], argv[1:]) if argv else ("", [])
+    if step not in _STEPS or len(args) != _STEPS[step][1]:
+        sys.stderr.write("usage: python -m rag.onnx_export export MODEL DEST | quantize SOURCE DEST MODEL\n")
+        return 2
     try:
-        if argv[:1] == ["export"] and len(argv) == 3:
-            export_here(Path(argv[1]), Path(argv[2]))
-        elif argv[:1] == ["quantize"] and len(argv) == 4:
-            quantize_here(Path(argv[1]), Path(argv[2]), Path(argv[3]))
-        else:
-            sys.stderr.write("usage: python -m rag.onnx_export export MODEL DEST | quantize SOURCE DEST MODEL\n")
-            return 2
+        _run_step(step, args)
     except Exception as e:  # noqa: BLE001 - the parent reads the last line
         sys.stderr.write(f"{type(e).__name__}: {e}\n")
         return 1

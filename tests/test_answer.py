@@ -275,8 +275,8 @@ def test_token_budget_holds_for_a_very_long_question_and_a_small_context(ingeste
 
 
 def test_repeated_filler_words_do_not_change_the_paper_that_answers(ingested_settings, retriever):
-    """Was a known failure with fp32 vectors ('Please' x20 ranked EXAONE 3.5's 'please reach out' first); passes with
-    the int8 embedder's. BM25 still counts a repeated question word each time, so this guards the ranking."""
+    """Was a known failure with fp32 vectors ('Please' x20 ranked EXAONE 3.5's 'please reach out' first). BM25 now
+    counts a repeated question word once (test_retrieval); this guards the whole answer."""
     assistant, _ = _scripted(ingested_settings, retriever, "")
     answer = assistant.ask(KMMLU_Q + " Please be precise." * 20)
     assert_citations_verbatim(answer, CORPUS)
