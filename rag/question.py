@@ -46,9 +46,11 @@ class QuestionAnalysis:
 def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
     """What a list question requires its papers to mention, each as one or more interchangeable forms: its names
     (GPT-2), capitalised phrases (Massive Text Embedding Benchmark, Korean), and an acronym with what it stands
-    for (MoE, mixture-of-experts). Names given as examples or contrasts ("such as CLIP", "instead of GPT-4") are not required."""
+    for (MoE, mixture-of-experts). Names given as examples or contrasts ("such as CLIP", "instead of GPT-4") are not required,
+    nor is the owner a name is qualified by ("Google's PaLM": a paper on PaLM need not say Google)."""
     markers = alternation(words().unrequired_markers)
     text = re.sub(rf"\b(?:{markers})(?:\s|$)[^,.;:?!()]*", " ", question.text, flags=re.IGNORECASE)
+    text = _POSSESSIVE_OWNER.sub(" ", text)
     expansions = dict(question.aliases)
     runs = [capitalised_head(m.group(1)) for m in _CAPITALISED_RUN.finditer(text.strip())]
     forms = [*runs, *(n for n in names_in(text) if not any(n in run.split() for run in runs))]
@@ -239,6 +241,7 @@ def counted_words(question: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ follow-ups
 
+_POSSESSIVE_OWNER = re.compile(r"\b[A-Z][\w\-.]*['’]s\s+(?=[A-Z0-9])")  # "Google's " before "PaLM"
 _CAPITALISED_RUN = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][\w\-.]*(?:\s+[A-Z0-9][\w\-.]*)*)")
 
 

@@ -47,6 +47,10 @@ def test_a_list_question_requires_its_names_but_not_its_examples():
         ("Natural Instructions", "Super-NaturalInstructions"),
     ]
     assert names("Which papers compare GPT-4 and LLaMA-2?") == [("GPT-4",), ("LLaMA-2",)]
+    # An owner's possessive qualifies the name after it; a paper on PaLM need not say "Google".
+    assert names("Which papers run experiments with Google's PaLM model?") == [("PaLM",)]
+    assert names("Which papers build on Meta’s OPT language models?") == [("OPT",)]
+    assert names("Which papers evaluate Meta's models?") == [("Meta",)]  # nothing after it: the owner is the name
 
 
 def test_capitalised_head_drops_a_lower_case_tail():
