@@ -26,6 +26,7 @@ from pathlib import Path
 
 from rag.errors import CorpusError
 from rag.inputs import InvalidText, clean_text, has_real_text
+from rag.latex import plain_text
 from rag.types import Location, Paper, PaperRecord
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,11 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _record(abstract: str, path: Path, line: int, title: str | None = None, **meta: object) -> PaperRecord:
-    """A checked record: valid Unicode, control characters turned into spaces, some real text, within the limits."""
+    """A checked record: valid Unicode, control characters turned into spaces, LaTeX markup turned into plain text
+    (rag.latex), some real text, within the limits."""
     try:
-        abstract = clean_text(abstract, "the abstract").strip()
-        title = clean_text(title, "the title").strip() or None if title is not None else None
+        abstract = plain_text(clean_text(abstract, "the abstract")).strip()
+        title = plain_text(clean_text(title, "the title")).strip() or None if title is not None else None
     except InvalidText as e:
         raise _error(path, line, str(e), "fix or remove the record") from e
     if not has_real_text(abstract):
