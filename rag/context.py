@@ -17,7 +17,7 @@ from rag.errors import QuestionError
 from rag.generation import ChatModel, Message
 from rag.prompts import NOT_IN_CORPUS, Prompts, neutralise
 from rag.question import QuestionAnalysis, analyse, as_analysis
-from rag.scoring import SentenceScorer, score_sentences
+from rag.scoring import SentenceScorer, relevance, standing
 from rag.sentences import split_sentences
 from rag.types import Passage
 
@@ -38,10 +38,6 @@ class PaperContext:
     sentences: list[str]  # every sentence of the retrieved text of this paper, in order
     scores: list[float]  # relevance of each sentence to the question
     chosen: list[int] = field(default_factory=list)  # indices of the sentences put into the prompt, ascending
-
-    @property
-    def best_score(self) -> float:
-        return max(self.scores, default=0.0)
 
     @property
     def text(self) -> str:
@@ -87,23 +83,28 @@ def select_papers(
     tuning = settings.tuning
     candidates = paper_texts(passages)[: settings.answer.context_papers]
     papers: list[PaperContext] = []
+    standings: dict[str, float] = {}  # each paper's relevance, comparable across papers
     for best, sentences in candidates:
+        cosines = scorer.similarity([question.text], sentences)[0]
         papers.append(
             PaperContext(
                 n=0, paper_id=best.paper_id, title=best.title, label=best.label, source=best.source, line=best.line,
-                similarity=best.similarity, sentences=sentences, scores=score_sentences(question, sentences, scorer, tuning.lexical_weight),
+                similarity=best.similarity, sentences=sentences,
+                scores=relevance(question, sentences, cosines, tuning, best.title),
             )
         )
+        standings[best.paper_id] = standing(question, sentences, cosines, tuning)
     if not papers:
         return []
     if question.multi:
         # Several papers are asked for: the two whose best sentences are most relevant, and any close third.
-        ranked = sorted(papers, key=lambda p: -p.best_score)
-        kept = ranked[:2] + [p for p in ranked[2:] if len(ranked) > 1 and p.best_score >= ranked[1].best_score - tuning.multi_paper_margin]
+        ranked = sorted(papers, key=lambda p: -standings[p.paper_id])
+        second = standings[ranked[1].paper_id] if len(ranked) > 1 else 0.0
+        kept = ranked[:2] + [p for p in ranked[2:] if standings[p.paper_id] >= second - tuning.multi_paper_margin]
     else:
         # The retriever's best paper always stays; another joins when its best sentence is nearly as relevant.
-        top = max(p.best_score for p in papers)
-        kept = [papers[0]] + [p for p in papers[1:] if p.best_score >= top - tuning.paper_margin]
+        top = max(standings.values())
+        kept = [papers[0]] + [p for p in papers[1:] if standings[p.paper_id] >= top - tuning.paper_margin]
         kept = kept[:2]
     for n, paper in enumerate(kept, start=1):
         paper.n = n

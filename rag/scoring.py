@@ -16,6 +16,7 @@ import numpy as np
 from rag.text import overlap, terms
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rag.config import TuningSettings
     from rag.question import QuestionAnalysis
 
 logger = logging.getLogger(__name__)
@@ -148,22 +149,56 @@ class SentenceScorer:
 
 
 def score_sentences(
-    question: QuestionAnalysis | str, sentences: Sequence[str], scorer: SentenceScorer, lexical_weight: float | None = None
+    question: QuestionAnalysis | str,
+    sentences: Sequence[str],
+    scorer: SentenceScorer,
+    tuning: TuningSettings | None = None,
+    title: str | None = None,
 ) -> list[float]:
-    """Cosine similarity to the question plus `lexical_weight` (default: the settings') times the share of the
-    question's terms present in the sentence."""
-    from rag.config import TuningSettings
+    """The relevance of each sentence of one paper (titled `title`) to the question; see `relevance`."""
     from rag.question import as_analysis
 
     question = as_analysis(question)
-    lexical_weight = TuningSettings().lexical_weight if lexical_weight is None else lexical_weight
     if not sentences:
         return []
-    return relevance(question, sentences, scorer.similarity([question.text], list(sentences))[0], lexical_weight)
+    return relevance(question, sentences, scorer.similarity([question.text], list(sentences))[0], tuning, title)
 
 
 def relevance(
-    question: QuestionAnalysis, sentences: Sequence[str], cosines: Sequence[float], lexical_weight: float
+    question: QuestionAnalysis,
+    sentences: Sequence[str],
+    cosines: Sequence[float],
+    tuning: TuningSettings | None = None,
+    title: str | None = None,
 ) -> list[float]:
-    """Each sentence's score from its cosine to the question: plus lexical_weight times the question's term share."""
-    return [float(c) + lexical_weight * overlap(question.terms, terms(s)) for c, s in zip(cosines, sentences)]
+    """Each sentence's score, for the sentences of one paper: its cosine to the question, plus lexical_weight times
+    the share of the question's terms it holds, plus telling_weight times the share of the question's telling terms
+    it holds. Telling terms do not name the paper's subject (in its title, or in most of its sentences), so they
+    tell its sentences apart: for "Into which framework did the KMMLU authors integrate their Korean benchmark?"
+    in the KMMLU abstract, "framework" and "integrate", not "KMMLU" or "Korean"."""
+    from rag.config import TuningSettings
+
+    tuning = tuning or TuningSettings()
+    sentence_terms = [terms(s) for s in sentences]
+    telling = telling_terms(question.terms, sentence_terms, title)
+    return [
+        float(c) + tuning.lexical_weight * overlap(question.terms, t) + tuning.telling_weight * overlap(telling, t)
+        for c, t in zip(cosines, sentence_terms)
+    ]
+
+
+def standing(question: QuestionAnalysis, sentences: Sequence[str], cosines: Sequence[float], tuning: TuningSettings) -> float:
+    """How relevant a paper is, comparable across papers: its best sentence's cosine plus lexical_weight times term
+    share. Telling terms are left out: they are relative to one paper's subject, so they rank its own sentences."""
+    return max((float(c) + tuning.lexical_weight * overlap(question.terms, terms(s)) for c, s in zip(cosines, sentences)),
+               default=0.0)
+
+
+def telling_terms(question_terms: frozenset[str], sentence_terms: Sequence[set[str]], title: str | None) -> frozenset[str]:
+    """The question's terms that do not name the paper's subject: those that are neither in its title nor in half
+    of its sentences or more (and at least two)."""
+    subject = terms(title or "")
+    common = max(2, len(sentence_terms) / 2)
+    return frozenset(
+        t for t in question_terms if t not in subject and sum(t in s for s in sentence_terms) < common
+    )
