@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rag.question import QuestionAnalysis, as_analysis
 from rag.sentences import split_sentences
-from rag.text import STANDALONE_NUMBER, has_number, mentions, name_in, terms
+from rag.text import STANDALONE_NUMBER, figures, has_number, mentions, name_in, terms
 from rag.types import Passage
 from rag.words import words
 
@@ -29,11 +29,12 @@ class _Evidence:
     missing_heads: list[str]  # heads of the asked-for phrases that the papers it is about never mention
     coverage: float  # the best share of the asked-for words one of those papers mentions (1 with no phrase)
     counted: bool  # for "how many": a number stands next to the counted thing in those papers
+    figure_given: bool  # for "what <figure>": a sentence of those papers gives a figure and names the asked thing
 
 
 def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidence:
     texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
-    names = list(question.names)
+    names = list(question.required_names)  # a name given only as an example need not be there
     joined = " ".join(texts).lower()
     # The papers the question is about: the best one, plus those naming every name of the question.
     about = [0] + [i for i in range(1, len(texts)) if names and all(name_in(n, texts[i].lower()) for n in names)]
@@ -48,6 +49,12 @@ def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidenc
         counted_words = list(question.counted) or heads
         sentences = [s for i in about for s in split_sentences(ranked[i].text)]
         counted = not counted_words or any(_counts(s, counted_words) for s in sentences)
+    figure_given = True
+    if question.wh == "what" and question.wants_figure:
+        # "What Disambig-F1 score does ToC reach?": an abstract that names the metric but gives no figure with it
+        # cannot answer (a figure elsewhere in it is for something else).
+        sentences = [s for i in about for s in split_sentences(ranked[i].text)]
+        figure_given = any(figures(s) and (not asked or any(mentions(w, terms(s)) for w in asked)) for s in sentences)
     return _Evidence(
         missing_names=[n for n in names if not name_in(n, joined)],
         any_number=any(has_number(s) for p in ranked[:2] for s in split_sentences(p.text)),
@@ -55,6 +62,7 @@ def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidenc
         missing_heads=[h for h in heads if not any(mentions(h, t) for t in paper_terms)],
         coverage=max(sum(mentions(w, t) for w in asked) / len(asked) for t in paper_terms) if asked else 1.0,
         counted=counted,
+        figure_given=figure_given,
     )
 
 
@@ -83,6 +91,8 @@ def _reason(question: QuestionAnalysis, evidence: _Evidence) -> str | None:
         return f"the passages barely mention {' '.join(w for p in question.phrases for w in p)!r}"
     if not evidence.counted:
         return f"no passage gives a number of {question.phrases[-1][-1]!r}"
+    if not evidence.figure_given:
+        return f"no passage gives a figure for {' '.join(question.phrases[-1])!r}"
     return None
 
 

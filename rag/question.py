@@ -26,6 +26,7 @@ class QuestionAnalysis:
     followup: bool
     terms: frozenset[str]
     names: tuple[str, ...]  # NV-Embed, Qwen2.5, GPT-4: a digit or an inner capital
+    required_names: tuple[str, ...]  # the names not only given as examples ("turning questions into SQL, for example")
     aliases: tuple[tuple[str, str], ...]  # (acronym, what it stands for): ("MoE", "mixture-of-experts")
     capitalised: tuple[str, ...]  # capitalised words after the first (Dolma, Flacuna)
     numbers: frozenset[str]
@@ -48,8 +49,7 @@ def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
     (GPT-2), capitalised phrases (Massive Text Embedding Benchmark, Korean), and an acronym with what it stands
     for (MoE, mixture-of-experts). Names given as examples or contrasts ("such as CLIP", "instead of GPT-4") are not required,
     nor is the owner a name is qualified by ("Google's PaLM": a paper on PaLM need not say Google)."""
-    markers = alternation(words().unrequired_markers)
-    text = re.sub(rf"\b(?:{markers})(?:\s|$)[^,.;:?!()]*", " ", question.text, flags=re.IGNORECASE)
+    text = _without_phrases_after((*words().example_markers, *words().contrast_markers), question.text)
     text = _POSSESSIVE_OWNER.sub(" ", text)
     expansions = dict(question.aliases)
     runs = [capitalised_head(m.group(1)) for m in _CAPITALISED_RUN.finditer(text.strip())]
@@ -64,6 +64,11 @@ def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
         else:
             groups.append(group)
     return groups
+
+
+def _without_phrases_after(markers: Sequence[str], text: str) -> str:
+    """The text without what follows each marker up to the next punctuation ("such as CLIP and BLIP, ...")."""
+    return re.sub(rf"\b(?:{alternation(tuple(markers))})(?:\s|$)[^,.;:?!()]*", " ", text, flags=re.IGNORECASE)
 
 
 def _alternatives(first: str, second: str, text: str) -> bool:
@@ -90,6 +95,7 @@ def analyse(question: str, history: Sequence[ChatTurn] = ()) -> QuestionAnalysis
         followup=text != question.strip(),
         terms=frozenset(terms(text)),
         names=tuple(names_in(text)),
+        required_names=tuple(names_in(_without_phrases_after(words().example_markers, text))),
         aliases=tuple(acronym_expansions(text)),
         capitalised=tuple(w for w in NAME.findall(text)[1:] if w[0].isupper()),
         numbers=frozenset(numbers_in(text)),
@@ -141,7 +147,7 @@ def _patterns() -> _Patterns:
             re.IGNORECASE,
         ),
         figure=re.compile(
-            rf"\bhow (?:{alternation(w.figure_adjectives)})\b|\bwhat (?:\w+ ){{0,3}}?(?:{alternation(w.figure_nouns)})s?\b"
+            rf"\bhow (?:{alternation(w.figure_adjectives)})\b|\bwhat (?:[\w\-.]+ ){{0,3}}?(?:{alternation(w.figure_nouns)})s?\b"
             rf"|\b(?:{alternation(w.figure_qualifiers)}|top-?\d+)\s+(?:{alternation(w.figure_metrics)})\b|\bnumber of\b",
             re.IGNORECASE,
         ),

@@ -124,6 +124,10 @@ def test_question_names_and_asked_slot():
     assert asked_slot("What SuperGLUE score did ERNIE 3.0 reach?") == ("what", [["superglue"]])  # "score": a form
     assert asked_slot("Which in-house model did they compare with GPT-3.5?") == ("which", [])  # qualifies "model"
     assert asked_slot("How many benchmarks does the survey review?") == ("how many", [["benchmarks"]])  # counted
+    # A pronoun or a plural form word asks for nothing the abstract must spell out: "ones" is never in it.
+    assert asked_slot("It was evaluated on four benchmarks. Which ones?") == ("which", [])
+    assert asked_slot("From what kinds of sources do the datasets come?") == ("what", [])
+    assert asked_slot("Which alignment mechanism does Text4VPR use?") == ("which", [])  # qualifies "mechanism"
 
 
 # -- answerability
@@ -135,6 +139,9 @@ def test_unanswerable_when_the_asked_thing_is_never_mentioned():
     assert "annotators" in unanswerable_reason("How many human annotators checked the KMMLU questions?", passages)
     assert "license" in unanswerable_reason("Under which license is KMMLU distributed?", passages)
     assert "GPT-5" in unanswerable_reason("What does GPT-5 score on KMMLU?", passages)
+    # A name given only as an example is not required of the passages.
+    assert unanswerable_reason("Is there a Korean benchmark built from exams, for example a Korean MMLU-Pro?", passages) is None
+    assert "MMLU-Pro" in unanswerable_reason("Is there a Korean benchmark of exam questions harder than MMLU-Pro?", passages)
 
 
 def test_how_many_needs_a_number_next_to_the_thing():
@@ -160,6 +167,17 @@ def test_a_hyphenated_name_is_found_by_its_parts_and_a_count_needs_some_number()
     survey = passage(1, "survey", "We survey domain specialization techniques for large language models. We propose a "
                      "taxonomy of them and discuss open problems.")
     assert "number" in unanswerable_reason("How many papers does the survey on domain specialization review?", [survey])
+
+
+def test_a_figure_question_needs_a_figure_in_a_sentence_that_names_the_asked_thing():
+    toc = passage(1, "toc", title="Tree of Clarifications", text="We propose Tree of Clarifications (ToC), which answers "
+                  "ambiguous questions. ToC outperforms few-shot baselines on ASQA in Disambig-F1 and Disambig-ROUGE. "
+                  "It surpasses fully supervised baselines trained on 100% of the training set.")
+    # The metric is named, but its figure is not given; the only figure is about something else.
+    assert "disambig-f1" in unanswerable_reason("What Disambig-F1 score does Tree of Clarifications reach on ASQA?", [toc])
+    scored = passage(1, "toc", title="Tree of Clarifications", text="We propose Tree of Clarifications (ToC). ToC reaches "
+                     "a Disambig-F1 of 31.2 on ASQA.")
+    assert unanswerable_reason("What Disambig-F1 score does Tree of Clarifications reach on ASQA?", [scored]) is None
 
 
 def test_a_count_must_stand_before_the_counted_thing():
