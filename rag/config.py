@@ -87,6 +87,11 @@ class RetrievalSettings(BaseModel):
     candidates: int = Field(
         default=30, ge=1, le=500, description="Candidates taken from each of the dense and lexical rankers before fusion."
     )
+    name_anchor_papers: int = Field(
+        default=3, ge=0, le=50,
+        description="A paper that holds a name of the question (a digit or an inner capital: LangBridge, NV-Embed) "
+        "which at most this many papers mention is ranked first; 0 turns this off.",
+    )
     rrf_k: int = Field(default=60, ge=1, le=1000, description="Reciprocal-rank-fusion constant (larger flattens ranks).")
     dense_weight: float = Field(default=1.0, ge=0.0, le=10.0, description="Weight of the dense ranking in the fusion.")
     lexical_weight: float = Field(

@@ -80,6 +80,21 @@ class LexicalIndex:
         docs, scores = self.bm25.retrieve([known], k=n, show_progress=False, n_threads=1)
         return [(self.chunk_ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0]) if s > 0]
 
+    def rare_term_chunks(self, text: str, max_chunks: int) -> list[str] | None:
+        """The chunks holding the rarest indexed term of `text` (a name: "LangBridge", "NV-Embed"), when at most
+        max_chunks hold it; None when no term of it is indexed or each is held by more chunks (a common name)."""
+        if not self.chunk_ids:
+            return None
+        tokens = _bm25s().tokenize([text], stopwords="en", stemmer=stemmer(), return_ids=False, show_progress=False)
+        rarest: list[str] | None = None
+        for term in dict.fromkeys(t for t in tokens[0] if t in self.bm25.vocab_dict):
+            docs, scores = self.bm25.retrieve([[term]], k=min(max_chunks + 1, len(self.chunk_ids)), show_progress=False,
+                                              n_threads=1)
+            holding = [self.chunk_ids[int(d)] for d, s in zip(docs[0], scores[0]) if s > 0]
+            if len(holding) <= max_chunks and (rarest is None or len(holding) < len(rarest)):
+                rarest = holding
+        return rarest
+
     # -- persistence --------------------------------------------------------------------------------
 
     def save(self, root: Path) -> Path | None:

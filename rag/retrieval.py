@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from rag.index import open_index
 from rag.inputs import passages_k, question_text
 from rag.lexical import LEXICAL_DIR, LexicalIndex, index_text, paper_of
 from rag.store import META_FINGERPRINT, META_PAPERS, META_STATE, Store, StoredChunk, collection_gone, paper_abstract
+from rag.question import analyse
 from rag.text import name_pattern
 from rag.types import Location, Passage, display_label
 
@@ -189,12 +191,18 @@ class Retriever:
         for weight, ranking in ((cfg.dense_weight, dense), (cfg.lexical_weight, lexical_hits)):
             for rank, (chunk_id, _) in enumerate(ranking, start=1):
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (cfg.rrf_k + rank)
+        named = self._naming_chunks(query, store, lexical)
+        for chunk_id in named:
+            fused.setdefault(chunk_id, 0.0)
         best: dict[str, tuple[float, str]] = {}  # paper_id -> (fused score, best chunk id)
         for chunk_id, score in fused.items():
             paper_id = paper_of(chunk_id)
             if paper_id not in best or score > best[paper_id][0]:
                 best[paper_id] = (score, chunk_id)
-        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))
+        # A paper that holds a rare name of the question comes first: fusion alone can bury it ("What accuracy does
+        # LangBridge reach on MGSM?": first for BM25, far down for the embedder, behind papers near in both).
+        anchored = {paper_of(chunk_id) for chunk_id in named}
+        ranked = sorted(best.items(), key=lambda item: (item[0] not in anchored, -item[1][0], item[0]))
 
         # A paper's similarity is its best chunk's; a chunk in Chroma's top n outranks every chunk not in it, so for
         # a paper with a chunk there the best is there too. Papers found by BM25 alone are measured on their chunks.
@@ -216,6 +224,33 @@ class Retriever:
             abstract = paper_abstract(first.text, first.metadata)
             passages.append(self._passage(len(passages) + 1, score, chunk, abstract, similarity[paper_id], bm25_by_chunk))
         return passages
+
+    def _naming_chunks(self, query: str, store: Store, lexical: LexicalIndex) -> list[str]:
+        """The chunks of the papers that hold every rare name of the query: names (LangBridge, NV-Embed: a digit or
+        an inner capital; not one given as an example, "tasks like NER") that at most
+        RAG_RETRIEVAL__NAME_ANCHOR_PAPERS papers mention, found through each name's rarest indexed term. A common
+        name, or one the corpus never uses, sets nothing apart and is skipped; when no paper holds every rare name
+        (MMLU and Komodo-7B in different papers), none is anchored, so the answerability check still sees that."""
+        most = self.settings.retrieval.name_anchor_papers
+        if not most:
+            return []
+        by_paper: dict[str, list[str]] = {}
+        wanted: set[str] | None = None
+        for name in dict.fromkeys(analyse(query).required_names):
+            holding = lexical.rare_term_chunks(name, max_chunks=4 * most)
+            if not holding:
+                continue
+            pattern = re.compile(name_pattern(name))
+            chunks = store.get(holding)
+            naming = [c for c in holding if c in chunks and pattern.search(
+                index_text(chunks[c].metadata.get("title") or None, chunks[c].text))]
+            papers = {paper_of(c) for c in naming}
+            if not 0 < len(papers) <= most:
+                continue
+            for chunk_id in naming:
+                by_paper.setdefault(paper_of(chunk_id), []).append(chunk_id)
+            wanted = papers if wanted is None else wanted & papers
+        return [chunk_id for paper_id in sorted(wanted or ()) for chunk_id in dict.fromkeys(by_paper[paper_id])]
 
     @staticmethod
     def _paper_similarity(store: Store, paper_id: str, vector: np.ndarray) -> float:

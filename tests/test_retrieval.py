@@ -45,6 +45,24 @@ def test_lexical_only_term_is_found(retriever):
     assert top.lexical_score > 0
 
 
+def test_a_paper_holding_a_rare_name_of_the_question_ranks_first(retriever, ingested_settings, embedder):
+    from rag.retrieval import Retriever
+
+    question = "What accuracy does LangBridge reach on the MGSM multilingual math benchmark?"
+    [top, *_] = retriever.search(question, k=5)
+    assert (top.source, top.line) == ("003_ce4bc02b0d96118d.txt", 7)  # "We introduce LangBridge, ..."
+    # Fusion alone buries it under papers near the question's other words (multilingual, math, accuracy).
+    plain = Retriever(ingested_settings.model_copy(update={"retrieval": ingested_settings.retrieval.model_copy(
+        update={"name_anchor_papers": 0})}), embedder=embedder)
+    assert ("003_ce4bc02b0d96118d.txt", 7) not in [(p.source, p.line) for p in plain.search(question, k=5)]
+    # A common name anchors nothing, and one given as an example ("tasks like NER") does not either.
+    assert not retriever._naming_chunks("Which models does GPT-4 beat?", *retriever._index())
+    assert retriever._naming_chunks("What does LangBridge connect?", *retriever._index())
+    assert not retriever._naming_chunks("Which bridging methods, like LangBridge, connect two models?", *retriever._index())
+    # Rare names held by different papers anchor none: no paper is about both.
+    assert not retriever._naming_chunks("What does LangBridge score on KMMLU?", *retriever._index())
+
+
 def test_query_with_only_stopwords_still_answers(retriever):
     assert len(retriever.search("the of and", k=2)) == 2
 
