@@ -247,7 +247,11 @@ def counted_words(question: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ follow-ups
 
-_POSSESSIVE_OWNER = re.compile(r"\b[A-Z][\w\-.]*['’]s\s+(?=[A-Z0-9])")  # "Google's " before "PaLM"
+# "Google's " before "PaLM" or "multilingual mT5": a name within the next three words, across lower-case modifiers
+# but not across a conjunction or preposition ("Meta's models and GPT-4": Meta is asked about).
+_POSSESSIVE_OWNER = re.compile(
+    r"\b[A-Z][\w\-.]*['’]s\s+(?=(?:(?!(?:and|or|of|in|on|with|for|to|by|from)\b)[a-z][a-z\-]*\s+){0,2}[a-z]*[A-Z0-9])"
+)
 _CAPITALISED_RUN = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][\w\-.]*(?:\s+[A-Z0-9][\w\-.]*)*)")
 
 

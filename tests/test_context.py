@@ -128,6 +128,7 @@ def test_question_names_and_asked_slot():
     assert asked_slot("It was evaluated on four benchmarks. Which ones?") == ("which", [])
     assert asked_slot("From what kinds of sources do the datasets come?") == ("what", [])
     assert asked_slot("Which alignment mechanism does Text4VPR use?") == ("which", [])  # qualifies "mechanism"
+    assert asked_slot("Which instruction-tuning collection was applied to UL2?") == ("which", [])  # a kind of dataset
 
 
 # -- answerability

@@ -51,6 +51,8 @@ def test_a_list_question_requires_its_names_but_not_its_examples():
     assert names("Which papers run experiments with Google's PaLM model?") == [("PaLM",)]
     assert names("Which papers build on Meta’s OPT language models?") == [("OPT",)]
     assert names("Which papers evaluate Meta's models?") == [("Meta",)]  # nothing after it: the owner is the name
+    assert names("Which papers adapt Google's multilingual mT5 model?") == [("mT5",)]  # across a modifier
+    assert names("Which papers evaluate Meta's models and GPT-4?") == [("Meta",), ("GPT-4",)]  # not across "and"
 
 
 def test_capitalised_head_drops_a_lower_case_tail():
