@@ -34,7 +34,7 @@ class _Evidence:
 
 def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidence:
     texts = [f"{p.title or ''} {p.text}" for p in ranked[:3]]
-    names = list(question.required_names)  # a name given only as an example need not be there
+    names = list(question.names)  # even one given as an example: "such as DP-SGD" absent says off-topic
     joined = " ".join(texts).lower()
     # The papers the question is about: the best one, plus those naming every name of the question.
     about = [0] + [i for i in range(1, len(texts)) if names and all(name_in(n, texts[i].lower()) for n in names)]
@@ -54,7 +54,9 @@ def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidenc
         # "What Disambig-F1 score does ToC reach?": an abstract that names the metric but gives no figure with it
         # cannot answer (a figure elsewhere in it is for something else).
         sentences = [s for i in about for s in split_sentences(ranked[i].text)]
-        figure_given = any(figures(s) and (not asked or any(mentions(w, terms(s)) for w in asked)) for s in sentences)
+        figure_given = any(
+            figures(s) - versions(s) and (not asked or any(mentions(w, terms(s)) for w in asked)) for s in sentences
+        )
     return _Evidence(
         missing_names=[n for n in names if not name_in(n, joined)],
         any_number=any(has_number(s) for p in ranked[:2] for s in split_sentences(p.text)),
@@ -94,6 +96,15 @@ def _reason(question: QuestionAnalysis, evidence: _Evidence) -> str | None:
     if not evidence.figure_given:
         return f"no passage gives a figure for {' '.join(question.phrases[-1])!r}"
     return None
+
+
+def versions(sentence: str) -> set[str]:
+    """Version numbers of names ("Wenlan 2.0", "ERNIE 3.0"): a dotted number right after a capitalised word is
+    part of a name, not a figure the sentence gives."""
+    return set(_VERSION.findall(sentence))
+
+
+_VERSION = re.compile(r"\b[A-Z][\w\-]*\s(\d+(?:\.\d+)+)\b")
 
 
 def _names_its_paper(question: QuestionAnalysis, top_text: str) -> bool:

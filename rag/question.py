@@ -26,7 +26,7 @@ class QuestionAnalysis:
     followup: bool
     terms: frozenset[str]
     names: tuple[str, ...]  # NV-Embed, Qwen2.5, GPT-4: a digit or an inner capital
-    required_names: tuple[str, ...]  # the names not only given as examples ("turning questions into SQL, for example")
+    required_names: tuple[str, ...]  # the names not only given as examples ("tasks like NER"): what retrieval anchors on
     aliases: tuple[tuple[str, str], ...]  # (acronym, what it stands for): ("MoE", "mixture-of-experts")
     capitalised: tuple[str, ...]  # capitalised words after the first (Dolma, Flacuna)
     numbers: frozenset[str]
@@ -68,7 +68,9 @@ def list_names(question: QuestionAnalysis) -> list[tuple[str, ...]]:
 
 def _without_phrases_after(markers: Sequence[str], text: str) -> str:
     """The text without what follows each marker up to the next punctuation ("such as CLIP and BLIP, ...")."""
-    return re.sub(rf"\b(?:{alternation(tuple(markers))})(?:\s|$)[^,.;:?!()]*", " ", text, flags=re.IGNORECASE)
+    # Up to a comma, a bracket or the end of the sentence; a dot inside a word ("PM2.5", "e.g.") does not end it.
+    tail = r"(?:[^,.;:?!()]|\.(?=\S))*"
+    return re.sub(rf"\b(?:{alternation(tuple(markers))})(?:\s|$){tail}", " ", text, flags=re.IGNORECASE)
 
 
 def _alternatives(first: str, second: str, text: str) -> bool:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rag.latex import plain_text
+
 ELLIPSIS = "…"
 
 
@@ -20,7 +22,8 @@ def _as_dict(answer: Any) -> Mapping[str, Any]:
 
 
 def assert_citations_verbatim(answer: Any, corpus_dir: Path) -> None:
-    """Every citation's quote occurs, word for word, in the corpus file line it names.
+    """Every citation's quote occurs, word for word, in the corpus file line it names, as the parser reads it
+    (LaTeX markup as plain text, see rag.latex: "360{\\deg}" is quoted "360°").
 
     `answer` is an Answer (or BatchRecord) or its JSON dict. The line is 1-based, as the citation gives it;
     whitespace is normalised on both sides. A quote cut short ends in '…': then its text before the '…' must occur.
@@ -37,5 +40,5 @@ def assert_citations_verbatim(answer: Any, corpus_dir: Path) -> None:
         if wanted.endswith(ELLIPSIS):
             wanted = wanted[: -len(ELLIPSIS)].rstrip()
         assert wanted, f"{where}: empty quote {quote!r}"
-        text = _normalised(lines[line - 1])
+        text = _normalised(plain_text(lines[line - 1]))
         assert wanted in text, f"{where}: quote not in that line\n  quote: {quote!r}\n  line:  {text[:400]!r}"

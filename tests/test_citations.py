@@ -305,6 +305,8 @@ def test_verbatim_check_finds_quotes_at_their_line_and_nowhere_else(tmp_path):
     assert_citations_verbatim(answer("We propose KMMLU, a new Korean\nbenchmark."), tmp_path)  # whitespace normalised
     assert_citations_verbatim(answer("We propose KMMLU, a new Kor…"), tmp_path)  # cut short: its prefix
     assert_citations_verbatim({"citations": []}, tmp_path)
+    (tmp_path / "b.txt").write_text("Abstract:We reach 96.4\\% with 360{\\deg} views.\n")
+    assert_citations_verbatim(answer("We reach 96.4% with 360° views.", line=1, source="b.txt"), tmp_path)  # as parsed
     for wrong in (answer("Other text."), answer("We propose KMMLU.", line=4), answer("we propose kmmlu"),
                   answer("We propose KMMLU", line=9), answer("We propose KMMLU", source="b.txt"), answer("…")):
         with pytest.raises(AssertionError):
