@@ -180,11 +180,14 @@ class Assistant:
         if named is not None:  # "Which papers ...": k is a floor for a list, not a cap
             vector = self.retriever.embedder.embed([standalone])[0]
             wide = self.retriever.search(
-                standalone, k=max(k, cfg.answer.list_candidates), max_chars=cfg.answer.max_question_chars, vector=vector
+                standalone, k=max(k, cfg.answer.list_candidates), max_chars=cfg.answer.max_question_chars, vector=vector,
+                names=asked.required_names,
             )
             passages = wide + self._mentioning_passages(named, wide, vector)
         else:
-            passages = self.retriever.search(standalone, k=k, max_chars=cfg.answer.max_question_chars)
+            passages = self.retriever.search(
+                standalone, k=k, max_chars=cfg.answer.max_question_chars, names=asked.required_names
+            )
         timings = Timings(retrieve_s=round(time.perf_counter() - started, 4))
         yield StreamEvent(kind="passages", passages=passages)
 

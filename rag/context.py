@@ -17,7 +17,7 @@ from rag.errors import QuestionError
 from rag.generation import ChatModel, Message
 from rag.prompts import NOT_IN_CORPUS, Prompts, neutralise
 from rag.question import QuestionAnalysis, analyse, as_analysis
-from rag.scoring import SentenceScorer, relevance, standing
+from rag.scoring import SentenceScorer, paper_scores
 from rag.sentences import split_sentences
 from rag.types import Passage
 
@@ -86,14 +86,13 @@ def select_papers(
     standings: dict[str, float] = {}  # each paper's relevance, comparable across papers
     for best, sentences in candidates:
         cosines = scorer.similarity([question.text], sentences)[0]
+        scores, standings[best.paper_id] = paper_scores(question, sentences, cosines, tuning, best.title)
         papers.append(
             PaperContext(
                 n=0, paper_id=best.paper_id, title=best.title, label=best.label, source=best.source, line=best.line,
-                similarity=best.similarity, sentences=sentences,
-                scores=relevance(question, sentences, cosines, tuning, best.title),
+                similarity=best.similarity, sentences=sentences, scores=scores,
             )
         )
-        standings[best.paper_id] = standing(question, sentences, cosines, tuning)
     if not papers:
         return []
     if question.multi:

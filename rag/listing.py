@@ -19,7 +19,7 @@ from rag.config import TuningSettings
 from rag.context import paper_texts
 from rag.extractive import figure_sentence, naming_sentence
 from rag.question import QuestionAnalysis
-from rag.scoring import SentenceScorer, relevance, standing
+from rag.scoring import SentenceScorer, paper_scores
 from rag.text import name_pattern
 from rag.types import Citation, Passage
 
@@ -37,7 +37,7 @@ class NamedFilter:
 class ListedPaper:
     passage: Passage  # the paper's best passage (title, source, line)
     sentence: str  # the sentence that makes it qualify (the citation's quote)
-    score: float  # the paper's standing for the question (scoring.standing), comparable across papers
+    score: float  # the paper's standing for the question (scoring.paper_scores), comparable across papers
     cosine: float
     quoted: tuple[str, ...]  # what the answer quotes, in abstract order: `sentence`, the next best, where the paper
     # names its contribution ("we introduce MIGU (...)") when neither does, and a figure when one is asked
@@ -62,7 +62,7 @@ def qualifying_papers(
         if not sentences or passage.paper_id not in named.papers:
             continue
         cosines = scorer.similarity([question.text], sentences)[0]
-        scores = relevance(question, sentences, cosines, tuning, passage.title)
+        scores, standing = paper_scores(question, sentences, cosines, tuning, passage.title)
         order = sorted(range(len(sentences)), key=lambda i: -scores[i])
         order.sort(key=lambda i: not any(p.search(sentences[i]) for p in patterns))  # where it names it, if it does
         best = order[0]
@@ -74,7 +74,7 @@ def qualifying_papers(
         if extra is not None:  # "Which papers ..., and how many ...?"
             chosen.add(extra)
         scored.append(ListedPaper(
-            passage=passage, sentence=sentences[best], score=standing(question, sentences, cosines, tuning),
+            passage=passage, sentence=sentences[best], score=standing,
             cosine=float(cosines[best]),
             quoted=tuple(sentences[i] for i in sorted(chosen)),
         ))

@@ -170,17 +170,25 @@ class Retriever:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def search(
-        self, query: str, k: int | None = None, max_chars: int | None = None, vector: np.ndarray | None = None
+        self,
+        query: str,
+        k: int | None = None,
+        max_chars: int | None = None,
+        vector: np.ndarray | None = None,
+        names: Sequence[str] | None = None,
     ) -> list[Passage]:
         """The k best papers for the query, best first (a query longer than max_chars, by default the settings'
-        question limit, is refused). `vector` replaces the query's embedding in the dense search (experiments)."""
+        question limit, is refused). `vector` replaces the query's embedding in the dense search (experiments).
+        `names` are the query's names that a paper holding them is ranked first for (see _naming_chunks): the
+        assistant passes its analysis's; by default they are read from the query."""
         cfg = self.settings.retrieval
         query = question_text(query, max_chars or self.settings.answer.max_question_chars, what="the query")
         k = passages_k(k) or cfg.k
         query_vector = self.embedder.embed([query])[0] if vector is None else np.asarray(vector, dtype=np.float32)
-        return self._reading(lambda: self._search(query, k, query_vector))
+        names = analyse(query).required_names if names is None else names
+        return self._reading(lambda: self._search(query, k, query_vector, names))
 
-    def _search(self, query: str, k: int, query_vector: np.ndarray) -> list[Passage]:
+    def _search(self, query: str, k: int, query_vector: np.ndarray, names: Sequence[str]) -> list[Passage]:
         cfg = self.settings.retrieval
         store, lexical = self._index()
         n = max(cfg.candidates, k * 3)
@@ -191,7 +199,7 @@ class Retriever:
         for weight, ranking in ((cfg.dense_weight, dense), (cfg.lexical_weight, lexical_hits)):
             for rank, (chunk_id, _) in enumerate(ranking, start=1):
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (cfg.rrf_k + rank)
-        named = self._naming_chunks(query, store, lexical)
+        named = self._naming_chunks(names, store, lexical)
         for chunk_id in named:
             fused.setdefault(chunk_id, 0.0)
         best: dict[str, tuple[float, str]] = {}  # paper_id -> (fused score, best chunk id)
@@ -225,9 +233,9 @@ class Retriever:
             passages.append(self._passage(len(passages) + 1, score, chunk, abstract, similarity[paper_id], bm25_by_chunk))
         return passages
 
-    def _naming_chunks(self, query: str, store: Store, lexical: LexicalIndex) -> list[str]:
-        """The chunks of the papers that hold every rare name of the query: names (LangBridge, NV-Embed: a digit or
-        an inner capital; not one given as an example, "tasks like NER") that at most
+    def _naming_chunks(self, names: Sequence[str], store: Store, lexical: LexicalIndex) -> list[str]:
+        """The chunks of the papers that hold every rare one of the query's names (LangBridge, NV-Embed: a digit or
+        an inner capital; not one given as an example, "tasks like NER": QuestionAnalysis.required_names) that at most
         RAG_RETRIEVAL__NAME_ANCHOR_PAPERS papers mention, found through each name's rarest indexed term. A common
         name, or one the corpus never uses, sets nothing apart and is skipped; when no paper holds every rare name
         (MMLU and Komodo-7B in different papers), none is anchored, so the answerability check still sees that."""
@@ -236,7 +244,7 @@ class Retriever:
             return []
         by_paper: dict[str, list[str]] = {}
         wanted: set[str] | None = None
-        for name in dict.fromkeys(analyse(query).required_names):
+        for name in dict.fromkeys(names):
             holding = lexical.rare_term_chunks(name, max_chunks=4 * most)
             if not holding:
                 continue

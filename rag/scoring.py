@@ -171,27 +171,33 @@ def relevance(
     tuning: TuningSettings | None = None,
     title: str | None = None,
 ) -> list[float]:
-    """Each sentence's score, for the sentences of one paper: its cosine to the question, plus lexical_weight times
-    the share of the question's terms it holds, plus telling_weight times the share of the question's telling terms
-    it holds. Telling terms do not name the paper's subject (in its title, or in most of its sentences), so they
-    tell its sentences apart: for "Into which framework did the KMMLU authors integrate their Korean benchmark?"
-    in the KMMLU abstract, "framework" and "integrate", not "KMMLU" or "Korean"."""
+    """Each sentence's score, for the sentences of one paper; see `paper_scores`."""
+    return paper_scores(question, sentences, cosines, tuning, title)[0]
+
+
+def paper_scores(
+    question: QuestionAnalysis,
+    sentences: Sequence[str],
+    cosines: Sequence[float],
+    tuning: TuningSettings | None = None,
+    title: str | None = None,
+) -> tuple[list[float], float]:
+    """The score of each sentence of one paper, and the paper's standing.
+
+    A sentence's score: its cosine to the question, plus lexical_weight times the share of the question's terms it
+    holds, plus telling_weight times the share of the question's telling terms it holds. Telling terms do not name
+    the paper's subject (in its title, or in most of its sentences), so they tell its sentences apart: for "Into
+    which framework did the KMMLU authors integrate their Korean benchmark?" in the KMMLU abstract, "framework" and
+    "integrate", not "KMMLU" or "Korean". The standing, comparable across papers, is the best sentence's score
+    without the telling part: telling terms are relative to one paper's subject."""
     from rag.config import TuningSettings
 
     tuning = tuning or TuningSettings()
     sentence_terms = [terms(s) for s in sentences]
     telling = telling_terms(question.terms, sentence_terms, title)
-    return [
-        float(c) + tuning.lexical_weight * overlap(question.terms, t) + tuning.telling_weight * overlap(telling, t)
-        for c, t in zip(cosines, sentence_terms)
-    ]
-
-
-def standing(question: QuestionAnalysis, sentences: Sequence[str], cosines: Sequence[float], tuning: TuningSettings) -> float:
-    """How relevant a paper is, comparable across papers: its best sentence's cosine plus lexical_weight times term
-    share. Telling terms are left out: they are relative to one paper's subject, so they rank its own sentences."""
-    return max((float(c) + tuning.lexical_weight * overlap(question.terms, terms(s)) for c, s in zip(cosines, sentences)),
-               default=0.0)
+    plain = [float(c) + tuning.lexical_weight * overlap(question.terms, t) for c, t in zip(cosines, sentence_terms)]
+    scores = [p + tuning.telling_weight * overlap(telling, t) for p, t in zip(plain, sentence_terms)]
+    return scores, max(plain, default=0.0)
 
 
 def telling_terms(question_terms: frozenset[str], sentence_terms: Sequence[set[str]], title: str | None) -> frozenset[str]:
