@@ -28,7 +28,7 @@ from rag.context import paper_texts  # noqa: E402
 from rag.retrieval import Retriever  # noqa: E402
 from rag.scoring import SentenceScorer  # noqa: E402
 
-HELD_OUT = {"qa_blind8.jsonl", "qa_blind9.jsonl", "qa_blind10.jsonl", "qa_blind11.jsonl"}
+HELD_OUT = {"qa_blind8.jsonl", "qa_blind9.jsonl", "qa_blind10.jsonl", "qa_blind11.jsonl", "qa_blind12.jsonl"}
 HYDE_INSTRUCTION = "You are a researcher. Answer with one sentence written as in a research paper abstract."
 
 
