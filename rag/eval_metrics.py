@@ -77,6 +77,11 @@ class AnswerMetrics(BaseModel):
     accuracy: float | None = None
     citation_precision: float | None = None
     citation_recall: float | None = None
+    multi_all_cited: float | None = Field(
+        default=None,
+        description="Multi-paper questions whose answer cites every right paper, whatever its wording (abstained: 0);"
+        " accuracy also asks for each paper's must_contain string.",
+    )
     citations: int = 0
     abstention_rate: float | None = None
     false_abstention_rate: float | None = None
@@ -202,6 +207,10 @@ def answer_metrics(rows: Sequence[QuestionResult]) -> AnswerMetrics:
         accuracy=mean(1.0 if r.passed else 0.0 for r in answerable),
         citation_precision=(sum(r.citations_correct or 0 for r in answered) / n_citations) if n_citations else None,
         citation_recall=mean(r.citation_recall for r in answered if r.citation_recall is not None),  # type: ignore[misc]
+        multi_all_cited=mean(
+            1.0 if not r.error and not r.abstained and (r.citation_recall or 0.0) >= 1.0 else 0.0
+            for r in answerable if r.kind == "multi"
+        ),
         citations=n_citations,
         abstention_rate=mean(1.0 if r.abstained and not r.error else 0.0 for r in unanswerable),
         false_abstention_rate=mean(1.0 if r.abstained and not r.error else 0.0 for r in answerable),

@@ -32,6 +32,7 @@ def format_report(report: EvalReport) -> str:
             ("accuracy", [_fmt(a.accuracy) for a in answers]),
             ("citation precision", [_fmt(a.citation_precision) for a in answers]),
             ("citation recall", [_fmt(a.citation_recall) for a in answers]),
+            ("multi: all cited", [_fmt(a.multi_all_cited) for a in answers]),
             ("abstention (unans.)", [_fmt(a.abstention_rate) for a in answers]),
             ("false abstention", [_fmt(a.false_abstention_rate) for a in answers]),
             ("first token p50", [_fmt(a.first_token_p50_s, "s") for a in answers]),

@@ -165,11 +165,29 @@ def test_answer_metrics_on_hand_made_records():
     assert m.citations == 5  # q1: 3, q2: 1, q4: 1 (q3 abstained, q5 errored, u2 unanswerable)
     assert m.citation_precision == 4 / 5
     assert m.citation_recall == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+    assert m.multi_all_cited == 0.0  # q4 names both papers but cites one of them
     assert m.abstention_rate == 0.5
     assert m.false_abstention_rate == 1 / 5
     assert m.first_token_p50_s == 1.25  # 0.5, 1.0, 1.5, 2.0
     assert m.first_token_p95_s == pytest.approx(1.925)
     assert m.total_p50_s == 2.5  # 0.1, 0.2, 2.0, 3.0, 4.0, 5.0 (the error record has no latency)
+
+
+def test_multi_all_cited_counts_lists_complete_by_their_citations():
+    def row(id: str, recall: float | None, abstained: bool = False, kind: str = "multi") -> QuestionResult:
+        return QuestionResult(id=id, split="tune", kind=kind, answerable=True, question="?", abstained=abstained,
+                              passed=False, citation_recall=recall)
+
+    rows = [
+        row("m1", 1.0),  # every right paper cited, though a must_contain string is missing: complete by citations
+        row("m2", 0.5),  # one of two cited
+        row("m3", None, abstained=True),  # refused: counts as incomplete
+        row("f1", 1.0, kind="figure"),  # not a list question: not counted
+    ]
+    metrics = answer_metrics(rows)
+    assert metrics.multi_all_cited == pytest.approx(1 / 3)
+    assert metrics.accuracy == 0.0
+    assert answer_metrics([row("f1", 1.0, kind="figure")]).multi_all_cited is None
 
 
 def test_load_qa_rejects_a_bad_line(tmp_path: Path):
