@@ -30,6 +30,7 @@ class _Evidence:
     coverage: float  # the best share of the asked-for words one of those papers mentions (1 with no phrase)
     counted: bool  # for "how many": a number stands next to the counted thing in those papers
     figure_given: bool  # for "what <figure>": a sentence of those papers gives a figure and names the asked thing
+    percent_for_subject: bool  # for "what <figure> does X reach": a sentence of those papers names X and gives a %
 
 
 def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidence:
@@ -49,13 +50,22 @@ def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidenc
         counted_words = list(question.counted) or heads
         sentences = [s for i in about for s in split_sentences(ranked[i].text)]
         counted = not counted_words or any(_counts(s, counted_words) for s in sentences)
-    figure_given = True
+    figure_given, percent_for_subject = True, False
     if question.wh == "what" and question.wants_figure:
         # "What Disambig-F1 score does ToC reach?": an abstract that names the metric but gives no figure with it
         # cannot answer (a figure elsewhere in it is for something else).
         sentences = [s for i in about for s in split_sentences(ranked[i].text)]
         figure_given = any(
             figures(s) - versions(s) and (not asked or any(mentions(w, terms(s)) for w in asked)) for s in sentences
+        )
+        # Abstracts give a percentage without naming the measure ("... increases to 84.54% ... by Flan-T5"): for
+        # "what accuracy does Flan-T5 reach", that sentence answers even though 'accuracy' is nowhere.
+        subject = question.subject
+        percent_for_subject = (
+            subject is not None
+            and bool(heads)
+            and all(h in words().percent_measures for h in heads)
+            and any(_PERCENT.search(s) and name_in(subject, s.lower()) for s in sentences)
         )
     return _Evidence(
         missing_names=[n for n in names if not name_in(n, joined)],
@@ -65,6 +75,7 @@ def _evidence(question: QuestionAnalysis, ranked: Sequence[Passage]) -> _Evidenc
         coverage=max(sum(mentions(w, t) for w in asked) / len(asked) for t in paper_terms) if asked else 1.0,
         counted=counted,
         figure_given=figure_given,
+        percent_for_subject=percent_for_subject,
     )
 
 
@@ -87,6 +98,8 @@ def _reason(question: QuestionAnalysis, evidence: _Evidence) -> str | None:
         # A question that does not name its paper may paraphrase the abstract's words: an asked-for word the
         # passages lack is then no evidence that the answer is missing.
         return None
+    if evidence.percent_for_subject:
+        return None  # the measure is given as a percentage for what the question is about, unnamed
     if evidence.missing_heads:
         return f"the passages never mention {evidence.missing_heads[0]!r}"
     if evidence.coverage < 0.5:
@@ -105,6 +118,7 @@ def versions(sentence: str) -> set[str]:
 
 
 _VERSION = re.compile(r"\b[A-Z][\w\-]*\s(\d+(?:\.\d+)+)\b")
+_PERCENT = re.compile(r"\d(?:[\d.,]*\d)?\s?%")
 
 
 def _names_its_paper(question: QuestionAnalysis, top_text: str) -> bool:

@@ -38,6 +38,7 @@ class QuestionAnalysis:
     wants_figure: bool  # "how many", "what accuracy"
     wants_work: bool  # "which method", "is there work on"
     kind: str | None  # the kind of thing asked for ("dataset", "benchmark"...)
+    subject: str | None = None  # the first name after "does/do/did": "what accuracy does Flan-T5 reach" -> Flan-T5
 
     @property
     def lower(self) -> str:
@@ -109,7 +110,18 @@ def analyse(question: str, history: Sequence[ChatTurn] = ()) -> QuestionAnalysis
         wants_figure=bool(_patterns().figure.search(text)),
         wants_work=bool(_patterns().named_thing.search(text) or _patterns().asks_for_work.search(text.strip())),
         kind=asked_kind(text),
+        subject=subject_name(text),
     )
+
+
+def subject_name(question: str) -> str | None:
+    """The name a question asks something of: the first name after its "does", "do" or "did" ("What accuracy does
+    Flan-T5 reach when trained on TarGEN's data?" -> Flan-T5), or None."""
+    verb = re.search(r"\b(?:does|do|did)\b", question, re.IGNORECASE)
+    if verb is None:
+        return None
+    names = names_in(question[verb.end() :])
+    return names[0] if names else None
 
 
 # ------------------------------------------------------------------------------------------ patterns

@@ -53,6 +53,7 @@ class Words:
     figure_qualifiers: tuple[str, ...]
     figure_metrics: tuple[str, ...]
     self_references: tuple[str, ...]
+    percent_measures: frozenset[str]
 
 
 def alternation(entries: tuple[str, ...] | frozenset[str]) -> str:

@@ -185,6 +185,18 @@ def test_a_figure_question_needs_a_figure_in_a_sentence_that_names_the_asked_thi
     assert "accuracy" in unanswerable_reason("What accuracy does SkillNet reach on Chinese text-to-image retrieval?", [skill])
 
 
+def test_a_percentage_for_the_subject_answers_a_measure_the_abstract_does_not_name():
+    tar = passage(1, "targen", title="TarGEN", text="We present TarGEN, a strategy for generating synthetic datasets. "
+                  "Models trained on TarGEN data score 82.84% against 81.94% on original data. With instruction tuning, "
+                  "the performance increases to 84.54% on synthetic data by Flan-T5. T5-3B is pre-finetuned on it too.")
+    # 'accuracy' is nowhere, but a sentence naming what is asked about (Flan-T5) gives a percentage.
+    assert unanswerable_reason("What accuracy does Flan-T5 reach when trained on TarGEN's data?", [tar]) is None
+    # Not when the percentage is about something else than the subject ...
+    assert "accuracy" in unanswerable_reason("What accuracy does T5-3B reach when trained on TarGEN's data?", [tar])
+    # ... nor for a measure that is not stated as a percentage.
+    assert "perplexity" in unanswerable_reason("What perplexity does Flan-T5 reach on TarGEN's data?", [tar])
+
+
 def test_a_count_must_stand_before_the_counted_thing():
     tiny = passage(1, "tiny", title="TinyStories", text="We introduce TinyStories, a synthetic dataset of short stories "
                    "that only contain words that a typical 3 to 4-year-old understands. We train models below 10 million "

@@ -59,3 +59,10 @@ def test_capitalised_head_drops_a_lower_case_tail():
     assert [capitalised_head(w) for w in ("Korean-language", "BIG-Bench", "Mistral-7B", "T5-based")] == [
         "Korean", "BIG-Bench", "Mistral-7B", "T5",
     ]
+
+
+def test_the_subject_is_the_first_name_after_does():
+    assert analyse("What accuracy does Flan-T5 reach when trained on TarGEN's data?").subject == "Flan-T5"
+    assert analyse("What accuracy does the Korean-tailored Polyglot-Ko model achieve on KMMLU?").subject == "Polyglot-Ko"
+    assert analyse("Which datasets did the NV-Embed authors use?").subject == "NV-Embed"
+    assert analyse("What is the accuracy of GPT-4 on KMMLU?").subject is None  # no does/do/did
