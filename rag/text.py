@@ -81,23 +81,34 @@ def name_in(name: str, text: str) -> bool:
     digits only as written ("top-5" is not "top-1 ... 5-meter")."""
     parts = [p for p in name.lower().split("-") if p]
     core = "-".join(p for p in parts if p not in words().name_affixes) or name.lower()
-    if core in text or ("-" in core and (core.replace("-", "") in text or core.replace("-", " ") in text)):
-        # "GPT-2" is also written "GPT2", "length-100" also "length 100"
+    forms = [core, core.replace("-", ""), core.replace("-", " ")] if "-" in core else [core]
+    if any(_occurs(form, text) for form in forms):  # "GPT-2" is also written "GPT2", "length-100" also "length 100"
         return True
     if any(c.isdigit() for c in core) or "-" not in core or any(len(p) < 2 for p in core.split("-")):
         return False  # "ROUGE-L" is not "ROUGE ... (l)"
     return all(re.search(rf"(?<![a-z0-9]){re.escape(p)}(?![a-z0-9])", text) for p in core.split("-"))
 
 
+def _occurs(name: str, text: str) -> bool:
+    """Whether the name occurs in the text, not as the start of a longer version number: "GPT-3" is not in
+    "GPT-3.5" nor in "GPT-35"."""
+    if not name[-1].isdigit():
+        return name in text
+    return re.search(rf"{re.escape(name)}(?!\d|\.\d)", text) is not None
+
+
 def name_pattern(name: str) -> str:
     """A case-insensitive regex (Rust and Python syntax) that finds a name as a whole word, its hyphens optional
     ("BIG-Bench" finds "BIG-bench" and "big bench"; "GPT-2" finds "GPT2"; words may be spaced or hyphenated),
-    without a generic affix ("T5-based")."""
+    without a generic affix ("T5-based"), and a name ending in a number not as part of a longer version ("GPT-3"
+    does not find "GPT-3.5"). The match may take in the character after the name."""
     parts = [p for p in re.split(r"[-\s]+", name.lower()) if p]
     parts = [p for p in parts if p not in words().name_affixes] or parts
     body = r"[-\s]?".join(re.escape(p) for p in parts)
     start = r"\b" if parts[0][0].isalnum() else ""
-    end = (r"s?\b" if parts[-1][-1].isalpha() else r"\b") if parts[-1][-1].isalnum() else ""  # "LLM" finds "LLMs"
+    end = r"s?\b" if parts[-1][-1].isalpha() else ""  # "LLM" finds "LLMs"
+    if parts[-1][-1].isdigit():  # a whole number: "GPT-3" does not find "GPT-3.5" (no look-ahead in Rust's syntax)
+        end = r"(?:$|[^\w.]|\.$|\.[^0-9])"
     return f"(?i){start}{body}{end}"
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rag.question import analyse, capitalised_head
+from rag.text import name_in, name_pattern
 from rag.types import ChatTurn
 
 
@@ -66,3 +69,14 @@ def test_the_subject_is_the_first_name_after_does():
     assert analyse("What accuracy does the Korean-tailored Polyglot-Ko model achieve on KMMLU?").subject == "Polyglot-Ko"
     assert analyse("Which datasets did the NV-Embed authors use?").subject == "NV-Embed"
     assert analyse("What is the accuracy of GPT-4 on KMMLU?").subject is None  # no does/do/did
+
+
+def test_a_name_ending_in_a_number_is_not_a_longer_version_of_it():
+    assert name_in("GPT-3", "we compare gpt-3 (175b) with palm")
+    assert name_in("GPT-3", "as in gpt-3. then")
+    assert not name_in("GPT-3", "we compare gpt-3.5 and gpt-4")
+    assert not name_in("Qwen2", "qwen2.5 models")
+    pattern = re.compile(name_pattern("GPT-3"))
+    assert pattern.search("GPT-3 (175B)") and pattern.search("like GPT3") and pattern.search("ends with GPT-3")
+    assert pattern.search("as in GPT-3. Then") and pattern.search("GPT-3-based models")
+    assert not pattern.search("GPT-3.5 and GPT-4") and not pattern.search("GPT-35")

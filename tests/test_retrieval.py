@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+
+from rag.corpus import load_corpus
 
 # Questions that share few words with the abstract they are about -> (file, line) of that abstract.
 PARAPHRASES = [
@@ -66,6 +70,16 @@ def test_a_paper_holding_a_rare_name_of_the_question_ranks_first(retriever, inge
     assert not anchored("Which bridging methods, like LangBridge, connect two models?")
     # Rare names held by different papers anchor none: no paper is about both.
     assert not anchored("What does LangBridge score on KMMLU?")
+
+
+def test_a_name_ending_in_a_number_is_not_found_in_a_longer_version(retriever, corpus_dir):
+    """"GPT-3" is not "GPT-3.5": the store's regex (Rust syntax, run by Chroma) finds the papers that name GPT-3
+    itself, none of those that name only GPT-3.5."""
+    papers = load_corpus([corpus_dir]).papers
+    itself = {p.paper_id for p in papers if re.search(r"gpt-?3(?!\d|\.\d)", p.abstract, re.IGNORECASE)}
+    longer_only = {p.paper_id for p in papers if re.search(r"gpt-?3\.5", p.abstract, re.IGNORECASE)} - itself
+    assert itself and longer_only  # the bundled corpus has both
+    assert set(retriever.papers_mentioning("GPT-3", max_papers=50)) == itself
 
 
 def test_query_with_only_stopwords_still_answers(retriever):
