@@ -56,6 +56,10 @@ def test_a_list_question_requires_its_names_but_not_its_examples():
     assert names("Which papers evaluate Meta's models?") == [("Meta",)]  # nothing after it: the owner is the name
     assert names("Which papers adapt Google's multilingual mT5 model?") == [("mT5",)]  # across a modifier
     assert names("Which papers evaluate Meta's models and GPT-4?") == [("Meta",), ("GPT-4",)]  # not across "and"
+    # A name after a contrast is not required of every listed paper: "instead of", "not only", "but not".
+    assert names("Which papers train an open judge instead of relying on GPT-4?") == []
+    assert names("Which abstracts name the original GPT-3 (not only GPT-3.5 or GPT-4)?") == [("GPT-3",)]
+    assert names("Which papers fine-tune with LoRA but not with QLoRA?") == [("LoRA",)]
 
 
 def test_capitalised_head_drops_a_lower_case_tail():
