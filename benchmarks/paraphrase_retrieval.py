@@ -15,7 +15,7 @@ are ordered by that score alone or fused with the retriever's order. Reported wi
 question, which adds to the time to first token.
 
     .venv/bin/python benchmarks/paraphrase_retrieval.py [--hyde] [--upr] [--sets all]
-    # needs `make index`; --hyde and --upr load the model; --sets all adds blind 8-13, already scored
+    # needs `make index`; --hyde and --upr load the model; --sets all adds blind 8-14, already scored
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from rag.retrieval import Retriever  # noqa: E402
 from rag.scoring import SentenceScorer  # noqa: E402
 
 HELD_OUT = {"qa_blind8.jsonl", "qa_blind9.jsonl", "qa_blind10.jsonl", "qa_blind11.jsonl", "qa_blind12.jsonl",
-            "qa_blind13.jsonl", "qa_blind14.jsonl"}
+            "qa_blind13.jsonl", "qa_blind14.jsonl",
+            "qa_blind15.jsonl"}
 SCORED = {"qa_blind8.jsonl", "qa_blind9.jsonl", "qa_blind10.jsonl", "qa_blind11.jsonl", "qa_blind12.jsonl",
-          "qa_blind13.jsonl"}  # already scored
+          "qa_blind13.jsonl", "qa_blind14.jsonl"}  # already scored
 HYDE_INSTRUCTION = "You are a researcher. Answer with one sentence written as in a research paper abstract."
 UPR_INSTRUCTION = "Passage: {passage}\nWrite a question that this passage answers."
 
@@ -92,7 +93,7 @@ def main() -> None:
     parser.add_argument("--hyde", action="store_true", help="also measure HyDE with the configured chat model")
     parser.add_argument("--upr", action="store_true", help="also measure query-likelihood re-ranking (local GGUF)")
     parser.add_argument("--sets", choices=("unscored", "all"), default="unscored",
-                        help="all: also the blind sets already scored (8-13); the held-back set is never read")
+                        help="all: also the blind sets already scored (8-14); the held-back set is never read")
     args = parser.parse_args()
     settings = Settings()
     llm = chat_model(settings) if args.hyde else None
