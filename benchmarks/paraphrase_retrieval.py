@@ -83,9 +83,10 @@ class QuestionLikelihood:
 
 
 def rrf_order(n: int, other: list[float], weight: float) -> list[int]:
-    """Positions 0..n-1 (the retriever's order) re-ranked by reciprocal-rank fusion with the order of `other`."""
-    other_rank = {i: r for r, i in enumerate(sorted(range(n), key=lambda i: -other[i]))}
-    return sorted(range(n), key=lambda i: -(1 / (60 + i) + weight / (60 + other_rank[i])))
+    """Positions 0..n-1 (the retriever's order) re-ranked by reciprocal-rank fusion (k = 60, ranks from 1) with the
+    order of `other`, weighted."""
+    other_rank = {i: r + 1 for r, i in enumerate(sorted(range(n), key=lambda i: -other[i]))}
+    return sorted(range(n), key=lambda i: -(1 / (61 + i) + weight / (60 + other_rank[i])))
 
 
 def main() -> None:
@@ -120,10 +121,8 @@ def main() -> None:
             fed = vector + alpha * centroid
             fed /= np.linalg.norm(fed)
             row[f"prf {alpha}"] = found_at(retriever.search(question, k=5, vector=fed), expected)  # fused with BM25
-        best_sentence = {i: r + 1 for r, i in enumerate(sorted(range(len(wide)), key=lambda i: -sims[i]))}
         for weight in (0.5, 1.0):
-            fused = sorted(range(len(wide)), key=lambda i: -(1 / (61 + i) + weight / (60 + best_sentence[i])))
-            row[f"sentence rerank {weight}"] = found_at([wide[i] for i in fused][:5], expected)
+            row[f"sentence rerank {weight}"] = found_at([wide[i] for i in rrf_order(len(wide), sims, weight)][:5], expected)
         papers = paper_texts(wide)[:10]
         titles = retriever.embedder.embed([p.title or (s[0] if s else "") for p, s in papers]) @ vector
         anchored = bool(analyse(question).required_names)
